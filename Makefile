@@ -1,0 +1,43 @@
+# Set-up and everyday commands. `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install ferretdb run test lint definitions db-start db-stop db-status clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+ferretdb: $(STAMP)
+	$(BIN)/fhirserver db build
+
+run: ferretdb
+	$(BIN)/fhirserver run
+
+test: ferretdb
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+definitions: $(STAMP)
+	$(BIN)/python scripts/fetch_r4_definitions.py
+
+db-start: ferretdb
+	$(BIN)/fhirserver db start
+
+db-stop: $(STAMP)
+	$(BIN)/fhirserver db stop
+
+db-status: $(STAMP)
+	$(BIN)/fhirserver db status
+
+clean:
+	-$(BIN)/fhirserver db stop
+	rm -rf $(VENV) .local .pytest_cache .ruff_cache
