@@ -1,0 +1,25 @@
+"""create_app(settings): wires settings, logging, the store and the blueprints; nothing else."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from fhirserver import logs
+from fhirserver.api import errors, fhir, ops
+from fhirserver.config import Settings
+from fhirserver.store.database import Store
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app; settings default to the environment's."""
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    app = Flask("fhirserver")
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
+    app.extensions["fhir.settings"] = settings
+    app.extensions["fhir.store"] = Store(settings.database_uri, settings.db_name, settings.db_timeout)
+    app.register_blueprint(fhir)
+    app.register_blueprint(ops)
+    errors.register(app)
+    logs.log_requests(app)
+    return app

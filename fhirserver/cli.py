@@ -1,0 +1,146 @@
+"""The `fhirserver` command: serve, run (database + server), db start|stop|status|build."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from fhirserver.config import Settings, SettingsError
+
+
+def _settings(**overrides: Any) -> Settings:
+    """The environment's settings with command-line overrides; a bad one ends the command with one line."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        click.echo(f"fhirserver: {exc}", err=True)
+        sys.exit(2)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return settings.replace(**changes) if changes else settings
+
+
+def _workers(settings: Settings) -> int:
+    return int(settings.workers) if settings.workers else 2 * (os.cpu_count() or 1)
+
+
+def serve_forever(settings: Settings) -> None:
+    """Run the app under gunicorn (gthread workers) until SIGINT/SIGTERM."""
+    from gunicorn.app.base import BaseApplication
+
+    from fhirserver.app import create_app
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{settings.host}:{settings.port}",
+                "workers": _workers(settings),
+                "threads": settings.threads,
+                "worker_class": "gthread",
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": "warning",
+                "graceful_timeout": 10,
+                "timeout": 120,
+                "keepalive": 5,
+                "proc_name": "fhirserver",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app(settings)
+
+    Server().run()
+
+
+@click.group()
+def main() -> None:
+    """A FHIR R4 health data server."""
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address (FHIR_HOST)")
+@click.option("--port", type=int, default=None, help="listen port (FHIR_PORT)")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the FHIR API on the configured database (it must be running)."""
+    serve_forever(_settings(host=host, port=port))
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address (FHIR_HOST)")
+@click.option("--port", type=int, default=None, help="listen port (FHIR_PORT)")
+def run(host: str | None, port: int | None) -> None:
+    """Start the embedded database when needed, then serve; stops what it started on exit."""
+    from fhirserver import dbserver
+
+    settings = _settings(host=host, port=port)
+    started_here = settings.embedded_database and dbserver.embedded(settings).pid() is None
+    started = time.perf_counter()
+    uri = _db_call(dbserver.start, settings)
+    click.echo(f"database ready at {uri} ({time.perf_counter() - started:.1f}s)", err=True)
+    click.echo(f"FHIR base: {settings.base_url}  (metadata: {settings.base_url}/metadata)", err=True)
+    try:
+        serve_forever(settings)
+    finally:
+        if started_here:
+            dbserver.stop(settings)
+
+
+def _db_call(fn, settings: Settings):
+    from fhirserver.dbserver.ferretdb import DatabaseProcessError
+
+    try:
+        return fn(settings)
+    except DatabaseProcessError as exc:
+        click.echo(f"fhirserver: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """The embedded database (FerretDB on SQLite or PostgreSQL); unused when MONGODB_URI is set."""
+
+
+@db.command("build")
+def db_build() -> None:
+    """Build FerretDB into the state folder (skipped when already built)."""
+    from fhirserver.dbserver import build_ferretdb
+
+    settings = _settings()
+    _db_call(lambda s: build_ferretdb(s.state_dir / "bin" / "ferretdb"), settings)
+    click.echo(str(settings.state_dir / "bin" / "ferretdb"))
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded database and wait until it answers."""
+    from fhirserver import dbserver
+
+    click.echo(_db_call(dbserver.start, _settings()))
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded database; its files stay."""
+    from fhirserver import dbserver
+
+    _db_call(dbserver.stop, _settings())
+
+
+@db.command("status")
+def db_status() -> None:
+    """Print what runs, as JSON; exit 1 when the database does not answer."""
+    from fhirserver import dbserver
+
+    info = dbserver.status(_settings())
+    click.echo(json.dumps(info, indent=2))
+    sys.exit(0 if info.get("answers") else 1)
+
+
+if __name__ == "__main__":
+    main()
