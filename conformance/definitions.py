@@ -146,6 +146,16 @@ def required_bindings(type_name: str) -> dict[str, str]:
     return dict(_load("required-bindings.json").get(type_name, {}))
 
 
+@cache
+def element_definitions(type_name: str) -> dict[str, dict]:
+    """Relative element path -> ``summary``/``min``/``max``/``types`` (and ``ref``) of a type.
+
+    Covers concrete resource types and complex datatypes (``{}`` for anything else); paths look
+    like ``code``, ``component.code`` or ``value[x]``. Cached: the result is shared, treat it as read-only.
+    """
+    return dict(_load("elements.json").get(type_name, {}))
+
+
 # ---------------------------------------------------------------------------
 # Terminology
 

@@ -33,6 +33,7 @@ PACKAGE_NAME = "hl7.fhir.r4.core"
 PACKAGE_VERSION = "4.0.1"
 PACKAGE_LICENSE = "CC0-1.0"
 FHIR_BASE = "http://hl7.org/fhir"
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 
 WANTED_KINDS = ("SearchParameter", "StructureDefinition", "ValueSet", "CodeSystem", "CompartmentDefinition")
 COMPARTMENT_IDS = ("patient", "encounter", "practitioner", "relatedPerson", "device")
@@ -154,6 +155,54 @@ def required_bindings(sds: list[Resource], types: dict[str, list[str]]) -> dict[
             if binding.get("strength") == "required" and binding.get("valueSet"):
                 found[element["path"]] = unversioned(binding["valueSet"])
         out[sd["type"]] = found
+    return out
+
+
+def element_type_codes(element: Resource) -> list[str]:
+    """Type codes of a snapshot element; FHIRPath system types become their FHIR type name."""
+    codes = []
+    for type_ in element.get("type", []):
+        code = type_["code"]
+        for ext in type_.get("extension", []):
+            if ext.get("url") == FHIR_TYPE_EXT:
+                code = ext["valueUrl"]
+        codes.append(code)
+    return codes
+
+
+def element_summaries(sds: list[Resource], types: dict[str, list[str]]) -> dict[str, dict[str, Resource]]:
+    """Per concrete resource type and complex datatype: relative path -> summary/min/max/types.
+
+    Paths are relative to the type (``component.code``, ``value[x]``). Elements defined by
+    ``contentReference`` get the referenced element's types plus ``ref``, the referenced relative path.
+    """
+    wanted = set(types["resource"]) | set(types["complex-types"])
+    out: dict[str, dict[str, Resource]] = {}
+    for sd in sds:
+        type_name = sd["type"]
+        if sd.get("derivation") != "specialization" or sd.get("abstract") or type_name not in wanted:
+            continue
+        elements = [e for e in sd.get("snapshot", {}).get("element", []) if "." in e["path"]]
+        by_path = {e["path"]: e for e in elements}
+        found: dict[str, Resource] = {}
+        for element in elements:
+            rel = element["path"].split(".", 1)[1]
+            max_ = element.get("max")
+            if max_ not in ("1", "*"):
+                raise SystemExit(f"unexpected max {max_!r} on {element['path']}")
+            info: Resource = {"summary": bool(element.get("isSummary")), "min": int(element.get("min", 0)),
+                              "max": max_}
+            ref = element.get("contentReference")
+            if ref:
+                target = ref.lstrip("#")
+                if target not in by_path or not target.startswith(type_name + "."):
+                    raise SystemExit(f"unresolved contentReference {ref} on {element['path']}")
+                info["ref"] = target.split(".", 1)[1]
+                info["types"] = element_type_codes(by_path[target])
+            else:
+                info["types"] = element_type_codes(element)
+            found[rel] = info
+        out[type_name] = found
     return out
 
 
@@ -281,6 +330,13 @@ def render_readme(info: dict[str, Any]) -> str:
         " `text` removed."
         + (" Concept designations, definitions and properties not needed for filters were removed"
            " to keep the file small." if info["trimmed"] else ""),
+        f"- `elements.json` ({sizes['elements.json']} bytes): for each concrete resource type and complex"
+        f" datatype ({info['n_element_types']} types, {info['n_elements']} elements), element path relative to"
+        " the type (`component.code`, `value[x]`; BackboneElement children through their paths) ->"
+        " `summary` (`isSummary`), `min`, `max` (`1` or `*`) and `types` (type codes; the FHIRPath"
+        " `System.String` of `id`/`url` is given as its FHIR type). Elements defined by `contentReference`"
+        f" ({info['n_element_refs']}) carry the referenced element's types and `ref`, its relative path."
+        " The root element and everything else in the snapshot are dropped.",
         "",
         "## Value sets that cannot be enumerated from this package",
         "",
@@ -327,6 +383,7 @@ def build(out_dir: Path, wheel: Path) -> dict[str, Any]:
         raise SystemExit(f"expected compartments {COMPARTMENT_IDS}, got {[c['id'] for c in compartments]}")
     types = classify_types(sds)
     bindings = required_bindings(sds, types)
+    elements = element_summaries(sds, types)
     roots = {u for per_type in bindings.values() for u in per_type.values()}
     vs_list, cs_list, _missing = terminology_closure(roots, valuesets, codesystems)
     term_resources = sorted(
@@ -347,6 +404,7 @@ def build(out_dir: Path, wheel: Path) -> dict[str, Any]:
         "resource-types.json": types,
         "required-bindings.json": bindings,
         "terminology.json": term_bundle,
+        "elements.json": elements,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -370,6 +428,9 @@ def build(out_dir: Path, wheel: Path) -> dict[str, Any]:
         "n_vs": len(vs_list),
         "n_cs": len(cs_list),
         "trimmed": trimmed,
+        "n_element_types": len(elements),
+        "n_elements": sum(len(v) for v in elements.values()),
+        "n_element_refs": sum(1 for v in elements.values() for e in v.values() if "ref" in e),
         "not_enumerable": not_enumerable(roots, valuesets, codesystems),
     }
     readme = render_readme(info).encode("utf-8")

@@ -1,0 +1,1 @@
+"""FHIR interactions: read, vread, create, update, patch, delete, history, search, batch/transaction."""
