@@ -118,6 +118,12 @@ SETTINGS: dict[str, Setting] = {
     "db_timeout": Setting(
         "FHIR_DB_TIMEOUT", "2", _positive_float, "seconds to wait for the database before answering 503"
     ),
+    "commit_timeout": Setting(
+        "FHIR_COMMIT_TIMEOUT", "30", _positive_float,
+        "seconds after which an unfinished commit (a killed writer) is rolled back or forward",
+    ),
+    "page_size": Setting("FHIR_PAGE_SIZE", "50", _positive_int, "default _count of searches and history"),
+    "page_max": Setting("FHIR_PAGE_MAX", "1000", _positive_int, "largest _count honoured"),
     "log_level": Setting("FHIR_LOG_LEVEL", "INFO", _choice(LOG_LEVELS, upper=True), "log level"),
     "secret_key": Setting(
         "FHIR_SECRET_KEY", "", _text, "key for signing sessions and CSRF tokens (random per start if unset)"
@@ -141,6 +147,9 @@ class Settings:
     pg_port: int
     state_dir: Path
     db_timeout: float
+    commit_timeout: float
+    page_size: int
+    page_max: int
     log_level: str
     secret_key: str
 

@@ -1,0 +1,257 @@
+"""The commit protocol: all-or-nothing writes of one or many resource versions without database transactions.
+
+The only atomic primitive is the unique insert (DESIGN.md, "Atomicity"). A commit:
+1. inserts a commit record (`commits`, pending) naming every version it will write, with their documents;
+2. claims each version by inserting its history record `Type/id/version` (a duplicate means someone else owns it);
+3. for several versions, inserts its decision `committed` (`decisions`, unique per commit: recovery may insert
+   `aborted` first, and then the owner backs off); for one version the claim itself is the decision;
+4. applies the current documents, then deletes its commit record (and decision).
+Recovery, at start-up and on a timer in every process, rolls forward decided commits and rolls back stale undecided
+ones (deleting their claims). History records of a commit whose record still exists are not visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from pymongo import ReplaceOne
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+log = logging.getLogger("fhirserver.store.commit")
+
+HISTORY = "history"
+COMMITS = "commits"
+DECISIONS = "decisions"
+COMMIT_ENTRIES = "commit_entries"
+INLINE_LIMIT = 4 * 1024 * 1024  # bytes of entries kept inside the commit record; more go to COMMIT_ENTRIES
+
+
+def now() -> datetime:
+    """The current time in UTC, at millisecond precision (what BSON dates keep)."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+@dataclass
+class Version:
+    """One version to write: its content as served (None for a delete) and its search index and compartments."""
+
+    type: str
+    id: str
+    version: int
+    ts: datetime
+    text: str | None
+    method: str
+    idx: dict = field(default_factory=dict)
+    comp: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}/{self.id}/{self.version}"
+
+    @property
+    def deleted(self) -> bool:
+        return self.text is None
+
+    def current_doc(self) -> dict:
+        doc = {"_id": self.id, "v": self.version, "ts": self.ts, "text": self.text, "del": self.deleted}
+        if not self.deleted:
+            doc["idx"] = self.idx
+            doc["comp"] = self.comp
+        return doc
+
+    def history_doc(self, cid: str) -> dict:
+        return {"_id": self.key, "t": self.type, "rid": self.id, "v": self.version, "ts": self.ts,
+                "text": self.text, "del": self.deleted, "m": self.method, "c": cid}
+
+    def entry(self) -> dict:
+        return {"t": self.type, "id": self.id, "v": self.version, "ts": self.ts, "text": self.text,
+                "m": self.method, "idx": self.idx, "comp": self.comp}
+
+    @classmethod
+    def from_entry(cls, e: dict) -> Version:
+        return cls(e["t"], e["id"], e["v"], e["ts"], e["text"], e["m"], e.get("idx") or {}, e.get("comp") or [])
+
+
+class VersionConflict(Exception):
+    """A version was claimed by another writer first; nothing of this commit was applied."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"version {key} was written by another request first")
+        self.key = key
+
+
+class CommitAborted(Exception):
+    """Recovery judged this commit stale and rolled it back before it was decided; nothing was applied."""
+
+
+def _insert_ignoring_duplicates(coll, docs: list[dict]) -> None:
+    """Insert documents; one whose _id exists already was applied before (a re-run) and is left alone."""
+    try:
+        coll.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors") or []):
+            raise
+
+
+def _size(entries: list[dict]) -> int:
+    return sum(len(e["text"] or "") * 2 + 512 for e in entries)
+
+
+class Committer:
+    """Writes commits and recovers interrupted ones on one database."""
+
+    def __init__(self, db: Database, stale_after: float = 30.0) -> None:
+        self.db = db
+        self.stale_after = stale_after
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def commit(self, versions: list[Version]) -> None:
+        """Write all `versions` or none; raise VersionConflict or CommitAborted when none were written."""
+        if not versions:
+            return
+        cid = uuid.uuid4().hex
+        solo = len(versions) == 1
+        entries = [v.entry() for v in versions]
+        record: dict = {"_id": cid, "ts": now(), "solo": solo, "keys": [v.key for v in versions]}
+        if _size(entries) <= INLINE_LIMIT:
+            record["entries"] = entries
+        else:
+            self.db[COMMIT_ENTRIES].insert_many(
+                [{"_id": f"{cid}/{n}", "c": cid, "n": n, "e": e} for n, e in enumerate(entries)], ordered=False)
+            record["external"] = len(entries)
+        self.db[COMMITS].insert_one(record)
+        self._claim(cid, versions)
+        if not solo:
+            self._decide(cid, "committed")
+        self._apply(versions)
+        self._forget(cid, record)
+
+    def _claim(self, cid: str, versions: list[Version]) -> None:
+        """Insert every history record; on a duplicate, undo our claims and the record, then raise."""
+        docs = [v.history_doc(cid) for v in versions]
+        try:
+            self.db[HISTORY].insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            dup = next((e for e in errors if e.get("code") == 11000), None)
+            if dup is None:
+                raise
+            failed = docs[dup["index"]]["_id"]
+            self.db[HISTORY].delete_many({"_id": {"$in": [d["_id"] for d in docs]}, "c": cid})
+            self._forget(cid, {"_id": cid})
+            raise VersionConflict(failed) from None
+
+    def _decide(self, cid: str, outcome: str) -> str:
+        """Insert the commit's decision unless one exists; return the decision that stands."""
+        try:
+            self.db[DECISIONS].insert_one({"_id": cid, "outcome": outcome, "ts": now()})
+            return outcome
+        except DuplicateKeyError:
+            found = self.db[DECISIONS].find_one({"_id": cid})
+            standing = found["outcome"] if found else outcome
+            if standing != outcome and outcome == "committed":
+                raise CommitAborted(f"commit {cid} was rolled back as stale") from None
+            return standing
+
+    def _apply(self, versions: Iterable[Version]) -> None:
+        """Make each version the current document unless a newer one is already there (idempotent)."""
+        by_type: dict[str, list[Version]] = defaultdict(list)
+        for v in versions:
+            by_type[v.type].append(v)
+        for rtype, group in by_type.items():
+            coll = self.db[rtype]
+            # FerretDB answers an upsert that hits a duplicate _id without nModified, which breaks pymongo's bulk
+            # results; so first versions are inserted and later ones replace a strictly older current document.
+            fresh = [v for v in group if v.version == 1]
+            later = [v for v in group if v.version > 1]
+            if fresh:
+                _insert_ignoring_duplicates(coll, [v.current_doc() for v in fresh])
+            if later:
+                ops = [ReplaceOne({"_id": v.id, "v": {"$lt": v.version}}, v.current_doc()) for v in later]
+                if coll.bulk_write(ops, ordered=False).matched_count < len(later):
+                    present = {d["_id"] for d in coll.find({"_id": {"$in": [v.id for v in later]}}, {"_id": 1})}
+                    missing = [v.current_doc() for v in later if v.id not in present]
+                    if missing:
+                        _insert_ignoring_duplicates(coll, missing)
+
+    def _forget(self, cid: str, record: dict) -> None:
+        """Delete the commit's bookkeeping; its history records become visible."""
+        self.db[COMMITS].delete_one({"_id": cid})
+        self.db[DECISIONS].delete_one({"_id": cid})
+        if record.get("external"):
+            self.db[COMMIT_ENTRIES].delete_many({"c": cid})
+
+    # -- recovery --------------------------------------------------------------------------------------------
+    def _versions(self, record: dict) -> list[Version]:
+        if "entries" in record:
+            return [Version.from_entry(e) for e in record["entries"]]
+        parts = sorted(self.db[COMMIT_ENTRIES].find({"c": record["_id"]}), key=lambda d: d["n"])
+        if len(parts) != record.get("external"):
+            return []  # the record was written before all its entries: nothing can have been claimed
+        return [Version.from_entry(p["e"]) for p in parts]
+
+    def recover_one(self, record: dict) -> str:
+        """Finish or undo one commit; return 'rolled-forward' or 'rolled-back'."""
+        cid = record["_id"]
+        versions = self._versions(record)
+        if record.get("solo"):
+            claim = self.db[HISTORY].find_one({"_id": record["keys"][0]}, {"c": 1})
+            outcome = "committed" if claim and claim.get("c") == cid else "aborted"
+        else:
+            outcome = self._decide(cid, "aborted")
+        if outcome == "committed" and versions:
+            self._apply(versions)
+            result = "rolled-forward"
+        else:
+            self.db[HISTORY].delete_many({"_id": {"$in": record["keys"]}, "c": cid})
+            result = "rolled-back"
+        self._forget(cid, record)
+        log.info("recovered commit", extra={"commit": cid, "result": result, "versions": len(record["keys"])})
+        return result
+
+    def recover(self, all_stale: bool = False) -> dict[str, int]:
+        """One recovery pass: decided commits at once, undecided ones once stale. Safe in many processes."""
+        counts = {"rolled-forward": 0, "rolled-back": 0}
+        cutoff = now() - timedelta(seconds=0 if all_stale else self.stale_after)
+        decided = {d["_id"] for d in self.db[DECISIONS].find({"outcome": "committed"}, {"_id": 1})}
+        for record in self.db[COMMITS].find({}):
+            if record["_id"] in decided or record["ts"].replace(tzinfo=UTC) <= cutoff:
+                counts[self.recover_one(record)] += 1
+        orphans = [d["_id"] for d in self.db[DECISIONS].find({"ts": {"$lte": cutoff}}, {"_id": 1})
+                   if not self.db[COMMITS].find_one({"_id": d["_id"]}, {"_id": 1})]
+        if orphans:
+            self.db[DECISIONS].delete_many({"_id": {"$in": orphans}})
+        return counts
+
+    def unblock(self, key: str) -> bool:
+        """A claim on `key` blocks a writer: recover its commit if stale. True when it was cleared."""
+        claim = self.db[HISTORY].find_one({"_id": key}, {"c": 1})
+        if not claim:
+            return True
+        record = self.db[COMMITS].find_one({"_id": claim.get("c")})
+        if record is None:
+            return False  # a finished commit: a real conflict
+        if record["ts"].replace(tzinfo=UTC) > now() - timedelta(seconds=self.stale_after):
+            return False
+        self.recover_one(record)
+        return True
+
+    def pending_commit_ids(self, cids: Iterable[str]) -> set[str]:
+        """Which of these commits are still in flight (their history records are not yet visible)."""
+        wanted = list(set(cids))
+        if not wanted:
+            return set()
+        return {d["_id"] for d in self.db[COMMITS].find({"_id": {"$in": wanted}}, {"_id": 1})}
+
+
+def wait_a_little(attempt: int) -> None:
+    """Back off between retries of a conflicting write."""
+    time.sleep(min(0.002 * (2**attempt), 0.1))

@@ -1,0 +1,93 @@
+"""Reading stored resources: current documents, past versions and history, as stored JSON text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pymongo.database import Database
+
+from fhirserver.store.commit import HISTORY, Committer
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One version of a resource as stored: its text is served as it is (None for a delete)."""
+
+    type: str
+    id: str
+    version: int
+    ts: datetime
+    text: str | None
+    method: str = ""
+
+    @property
+    def deleted(self) -> bool:
+        return self.text is None
+
+
+def _stored(rtype: str, doc: dict) -> Stored:
+    return Stored(rtype, doc["_id"] if "rid" not in doc else doc["rid"], doc["v"], doc["ts"], doc.get("text"),
+                  doc.get("m", ""))
+
+
+def _history_query(rtype: str | None, rid: str | None, since: datetime | None, at: datetime | None) -> dict:
+    query: dict = {}
+    if rtype:
+        query["t"] = rtype
+    if rid:
+        query["rid"] = rid
+    ts: dict = {}
+    if since:
+        ts["$gte"] = since
+    if at:
+        ts["$lte"] = at
+    if ts:
+        query["ts"] = ts
+    return query
+
+
+class ResourceReader:
+    """Reads of current documents and history records."""
+
+    def __init__(self, db: Database, committer: Committer) -> None:
+        self.db = db
+        self.committer = committer
+
+    def current(self, rtype: str, rid: str) -> Stored | None:
+        """The current version (possibly a delete), or None when the resource never existed."""
+        doc = self.db[rtype].find_one({"_id": rid}, {"idx": 0, "comp": 0})
+        return _stored(rtype, doc) if doc else None
+
+    def version(self, rtype: str, rid: str, version: int) -> Stored | None:
+        """One committed version, or None."""
+        cur = self.current(rtype, rid)
+        if cur is None or version > cur.version or version < 1:
+            return None
+        if version == cur.version:
+            return cur
+        doc = self.db[HISTORY].find_one({"_id": f"{rtype}/{rid}/{version}"})
+        return _stored(rtype, doc) if doc else None
+
+    def history(self, *, rtype: str | None = None, rid: str | None = None, since: datetime | None = None,
+                at: datetime | None = None, before: tuple[datetime, str] | None = None,
+                limit: int = 50) -> list[Stored]:
+        """Committed versions, newest first; `before` is the (ts, key) of the last record of the previous page."""
+        query = _history_query(rtype, rid, since, at)
+        if before:
+            query["$or"] = [{"ts": {"$lt": before[0]}}, {"ts": before[0], "_id": {"$lt": before[1]}}]
+        docs = list(self.db[HISTORY].find(query).sort([("ts", -1), ("_id", -1)]).limit(limit + 5))
+        pending = self.committer.pending_commit_ids(d.get("c") for d in docs)
+        visible = [d for d in docs if d.get("c") not in pending][:limit]
+        return [_stored(d["t"], d) for d in visible]
+
+    def find(self, rtype: str, query: dict, limit: int, after_id: str | None = None) -> list[Stored]:
+        """Current documents matching a compiled search filter, in `_id` order, after `after_id` (keyset paging)."""
+        if after_id is not None:
+            query = {"$and": [query, {"_id": {"$gt": after_id}}]}
+        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0}).sort("_id", 1).limit(limit)
+        return [_stored(rtype, d) for d in docs]
+
+    def count(self, rtype: str, query: dict) -> int:
+        """How many current documents match."""
+        return self.db[rtype].count_documents(query)
