@@ -17,7 +17,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("fhirserver")
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
     app.extensions["fhir.settings"] = settings
-    app.extensions["fhir.store"] = Store(settings.database_uri, settings.db_name, settings.db_timeout)
+    store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
+    store.maintain(interval=min(settings.commit_timeout / 3, 10.0))
+    app.extensions["fhir.store"] = store
     app.register_blueprint(fhir)
     app.register_blueprint(ops)
     errors.register(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,8 @@ class ServerProcess:
         env = {**os.environ, **self.env, "FHIR_PORT": str(self.port), "FHIR_HOST": "127.0.0.1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve"], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,6 +71,12 @@ class ServerProcess:
             except requests.ConnectionError:
                 time.sleep(0.1)
         raise RuntimeError("server did not answer /healthz in time")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -11,4 +11,4 @@ from fhirserver.api.negotiation import check_accept  # noqa: E402
 
 fhir.before_request(check_accept)
 
-from fhirserver.api import health, metadata  # noqa: E402,F401  (registers routes on the blueprints)
+from fhirserver.api import health, metadata, resources  # noqa: E402,F401  (registers routes on the blueprints)

@@ -1,0 +1,34 @@
+"""create: POST [type], server-assigned id; conditional create with If-None-Exist."""
+
+from __future__ import annotations
+
+import uuid
+
+from fhirserver.errors import PreconditionFailed
+from fhirserver.interactions.result import Result
+from fhirserver.interactions.versions import check_valid, make_version, next_timestamp
+from fhirserver.search.conditional import matching
+from fhirserver.store.database import Store
+
+
+def new_id() -> str:
+    """A fresh logical id."""
+    return str(uuid.uuid4())
+
+
+def create(store: Store, base: str, rtype: str, body: object, if_none_exist: str | None = None,
+           rid: str | None = None) -> Result:
+    """Create a resource; with `if_none_exist`, 1 match answers 200 with it, several 412."""
+    resource = check_valid(body, rtype)
+    if if_none_exist is not None:
+        found = matching(store, rtype, if_none_exist, limit=2)
+        if len(found) > 1:
+            raise PreconditionFailed(f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
+        if found:
+            return Result(200, found[0], location=f"{base}/{rtype}/{found[0].id}/_history/{found[0].version}")
+    rid = rid or new_id()
+    version = make_version(rtype, rid, 1, next_timestamp(None), resource, "POST")
+    store.indexes.resource_type(rtype)
+    store.committer.commit([version])
+    stored = store.reader.current(rtype, rid)
+    return Result(201, stored, location=f"{base}/{rtype}/{rid}/_history/1")

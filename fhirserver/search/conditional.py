@@ -1,0 +1,19 @@
+"""Searches behind conditional interactions (If-None-Exist, conditional update/delete/patch, conditional references).
+
+These are strict: an unknown parameter would widen the match to everything, so it is a 400, never ignored.
+"""
+
+from __future__ import annotations
+
+from fhirserver.errors import BadRequest
+from fhirserver.search.query import parse
+from fhirserver.store.database import Store
+from fhirserver.store.resources import Stored
+
+
+def matching(store: Store, rtype: str, query: str, limit: int) -> list[Stored]:
+    """Up to `limit` current resources of `rtype` matching `query` (a query string without `?`)."""
+    parsed = parse(rtype, query.lstrip("?"), strict=True)
+    if not parsed.applied:
+        raise BadRequest(f"the condition {query!r} has no search parameter to match on")
+    return store.reader.find(rtype, parsed.filter, limit)
