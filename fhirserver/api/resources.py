@@ -12,6 +12,7 @@ from fhirserver.errors import BadRequest, NotFound, PreconditionFailed
 from fhirserver.interactions import create, delete, history, read, search, transaction, update
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, http_date
+from fhirserver.operations import validate
 from fhirserver.resources.validation import check_type
 from fhirserver.search.conditional import matching
 
@@ -203,3 +204,19 @@ def search_post_route(rtype: str):
     pairs = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
     return render(search.search(context.store(), _base(), rtype, pairs, settings.page_size, settings.page_max,
                                 _strict()))
+
+
+def _validate(rtype: str, rid: str | None):
+    check_type(rtype)
+    body = json_body() if request.method == "POST" else None
+    return render(validate.validate(context.store(), rtype, body, rid, request.args.get("mode")))
+
+
+@fhir.route("/<rtype>/$validate", methods=["POST"])
+def type_validate_route(rtype: str):
+    return _validate(rtype, None)
+
+
+@fhir.route("/<rtype>/<rid>/$validate", methods=["GET", "POST"])
+def instance_validate_route(rtype: str, rid: str):
+    return _validate(rtype, rid)

@@ -6,8 +6,8 @@ import uuid
 
 from fhirserver.errors import PreconditionFailed
 from fhirserver.interactions.result import Result
-from fhirserver.interactions.versions import check_valid, make_version, next_timestamp
-from fhirserver.search.conditional import matching
+from fhirserver.interactions.versions import check_valid, make_version, next_timestamp, stored_of
+from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.database import Store
 
 
@@ -20,15 +20,21 @@ def create(store: Store, base: str, rtype: str, body: object, if_none_exist: str
            rid: str | None = None) -> Result:
     """Create a resource; with `if_none_exist`, 1 match answers 200 with it, several 412."""
     resource = check_valid(body, rtype)
-    if if_none_exist is not None:
+    if if_none_exist is None:
+        return _create(store, base, rtype, resource, rid)
+    # Two requests with the same condition must not both find nothing and both create: hold the condition.
+    with store.leases.hold(condition_lease(rtype, if_none_exist)):
         found = matching(store, rtype, if_none_exist, limit=2)
         if len(found) > 1:
             raise PreconditionFailed(f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
         if found:
             return Result(200, found[0], location=f"{base}/{rtype}/{found[0].id}/_history/{found[0].version}")
+        return _create(store, base, rtype, resource, rid)
+
+
+def _create(store: Store, base: str, rtype: str, resource: dict, rid: str | None) -> Result:
     rid = rid or new_id()
     version = make_version(rtype, rid, 1, next_timestamp(None), resource, "POST")
     store.indexes.resource_type(rtype)
     store.committer.commit([version])
-    stored = store.reader.current(rtype, rid)
-    return Result(201, stored, location=f"{base}/{rtype}/{rid}/_history/1")
+    return Result(201, stored_of(version), location=f"{base}/{rtype}/{rid}/_history/1")

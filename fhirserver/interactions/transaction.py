@@ -26,7 +26,7 @@ from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, http_date
 from fhirserver.interactions.versions import make_version, next_timestamp, stored_of
 from fhirserver.resources.validation import SUPPORTED_TYPES, check_type, validate_resource
-from fhirserver.search.conditional import matching
+from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.commit import CommitAborted, Version, VersionConflict, wait_a_little
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
@@ -146,6 +146,22 @@ class Transaction:
 
     def run(self, bundle: dict) -> dict:
         entries = _parse_entries(bundle, self.base)
+        # Conditional creates and updates with the same condition must not both find nothing and both create.
+        conditions = [condition_lease(e.type, e.if_none_exist) for e in entries if e.if_none_exist] + \
+            [condition_lease(e.type, e.query) for e in entries if e.method == "PUT" and not e.id and e.query]
+        with self.store.leases.hold_all(conditions):
+            self._commit(entries)
+        for e in sorted(entries, key=lambda e: ORDER[e.method]):
+            if e.method in ("GET", "HEAD"):
+                e.outcome = _guard(lambda e=e: self.get(e.method, e.type, e.id and "/".join(
+                    p for p in (e.id, "_history" if e.vid else None, e.vid) if p), e.query))
+                if e.outcome.status >= 400:
+                    raise FHIRError(f"{e.where}: GET failed with {e.outcome.status}", status=e.outcome.status)
+        return {"resourceType": "Bundle", "type": "transaction-response",
+                "entry": [_response_entry(e, self.base) for e in entries]}
+
+    def _commit(self, entries: list[Entry]) -> None:
+        """Plan and commit every write entry as one commit, retrying when another writer got in first."""
         for attempt in range(MAX_ATTEMPTS):
             try:
                 self._resolve_targets(entries)
@@ -156,7 +172,7 @@ class Transaction:
                 for rtype in {v.type for v in versions}:
                     self.store.indexes.resource_type(rtype)
                 self.store.committer.commit(versions)
-                break
+                return
             except VersionConflict as exc:
                 if any(e.if_match is not None for e in entries):
                     raise PreconditionFailed(f"a resource of this transaction was changed by another request "
@@ -167,16 +183,7 @@ class Transaction:
                     e.version = e.outcome = e.existing = None
             except CommitAborted as exc:
                 raise FHIRError(str(exc), status=503) from None
-        else:
-            raise FHIRError("the transaction kept conflicting with other writers; try again", status=409)
-        for e in sorted(entries, key=lambda e: ORDER[e.method]):
-            if e.method in ("GET", "HEAD"):
-                e.outcome = _guard(lambda e=e: self.get(e.method, e.type, e.id and "/".join(
-                    p for p in (e.id, "_history" if e.vid else None, e.vid) if p), e.query))
-                if e.outcome.status >= 400:
-                    raise FHIRError(f"{e.where}: GET failed with {e.outcome.status}", status=e.outcome.status)
-        return {"resourceType": "Bundle", "type": "transaction-response",
-                "entry": [_response_entry(e, self.base) for e in entries]}
+        raise FHIRError("the transaction kept conflicting with other writers; try again", status=409)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def _resolve_targets(self, entries: list[Entry]) -> None:

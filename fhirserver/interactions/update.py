@@ -12,7 +12,7 @@ from fhirserver.interactions.versions import (
     stored_of,
     write_with_retry,
 )
-from fhirserver.search.conditional import matching
+from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
@@ -38,7 +38,7 @@ def conditional_update(store: Store, base: str, rtype: str, query: str, body: ob
     """PUT [type]?[query]: 0 matches create (with the body's id if any), 1 updates it, several 412."""
     if not query:
         raise BadRequest("a conditional update needs search parameters")
-    with store.leases.hold(f"cond:{rtype}?{query}"):
+    with store.leases.hold(condition_lease(rtype, query)):
         found = matching(store, rtype, query, limit=2)
         if len(found) > 1:
             raise PreconditionFailed(f"conditional update {rtype}?{query} matches more than one resource")

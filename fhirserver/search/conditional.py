@@ -5,6 +5,8 @@ These are strict: an unknown parameter would widen the match to everything, so i
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode
+
 from fhirserver.errors import BadRequest
 from fhirserver.search.query import parse
 from fhirserver.store.database import Store
@@ -17,3 +19,9 @@ def matching(store: Store, rtype: str, query: str, limit: int) -> list[Stored]:
     if not parsed.applied:
         raise BadRequest(f"the condition {query!r} has no search parameter to match on")
     return store.reader.find(rtype, parsed.filter, limit)
+
+
+def condition_lease(rtype: str, query: str) -> str:
+    """The lease name that serializes conditional writes with the same condition (parameters sorted)."""
+    pairs = sorted(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+    return f"cond:{rtype}?{urlencode(pairs)}"

@@ -5,19 +5,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from fhirserver.errors import Conflict
 from fhirserver.store.commit import now
 
 LEASES = "leases"
 
 
-class LeaseBusy(Exception):
-    """Another holder kept the lease for longer than we were willing to wait."""
+class LeaseBusy(Conflict):
+    """Another holder kept the lease for longer than we were willing to wait (409: try again)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"another request holds {name!r}; try again shortly")
 
 
 class Leases:
@@ -42,6 +46,14 @@ class Leases:
 
     def release(self, name: str, token: str) -> None:
         self.db[LEASES].delete_one({"_id": name, "owner": token})
+
+    @contextmanager
+    def hold_all(self, names: list[str], ttl: float = 30.0, wait: float = 10.0) -> Iterator[None]:
+        """Hold several leases, taken in sorted order so that two holders never wait on each other."""
+        with ExitStack() as stack:
+            for name in sorted(set(names)):
+                stack.enter_context(self.hold(name, ttl, wait))
+            yield
 
     @contextmanager
     def hold(self, name: str, ttl: float = 30.0, wait: float = 10.0) -> Iterator[None]:
