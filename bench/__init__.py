@@ -1,0 +1,1 @@
+"""Benchmarks: workloads measured side by side with the database floor (pymongo on the same database)."""
