@@ -153,3 +153,16 @@ def test_malformed_input_never_500(server):
         r = requests.request(method, f"{server.base}/{path}", data=data, headers={"Content-Type": ctype})
         assert 400 <= r.status_code < 500, (method, path, data[:60], r.status_code, r.text[:300])
         assert r.json()["resourceType"] == "OperationOutcome", r.text[:200]
+
+
+def test_summary_count_on_read_is_400(server):
+    pid = post(server.base, "Patient", patient()).json()["id"]
+    r = requests.get(f"{server.base}/Patient/{pid}", params={"_summary": "count"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["_summary"]
+    assert requests.get(f"{server.base}/Patient/{pid}", params={"_summary": "bogus"}).status_code == 400
+
+
+def test_head_read(server):
+    pid = post(server.base, "Patient", patient()).json()["id"]
+    r = requests.head(f"{server.base}/Patient/{pid}")
+    assert r.status_code == 200 and r.headers["ETag"] == 'W/"1"' and not r.content

@@ -6,6 +6,7 @@ from flask import Response, request
 
 from fhirserver import fhirjson
 from fhirserver.api.responses import fhir_response, operation_outcome
+from fhirserver.errors import BadRequest
 from fhirserver.interactions.result import Result
 from fhirserver.interactions.shaping import parse_elements, parse_summary, shape
 
@@ -28,6 +29,9 @@ def render(result: Result, prefer: str = "representation") -> Response:
         return fhir_response(operation_outcome([issue]), result.status, headers)
     if result.stored is not None and result.stored.text is not None:
         summary, elements = shaping()
+        if summary == "count":
+            raise BadRequest("_summary=count applies to searches, not to reading one resource",
+                             expression=["_summary"])
         if summary in (None, "false") and not elements:
             return fhir_response(result.stored.text.encode(), result.status, headers)
         shaped = shape(fhirjson.loads(result.stored.text), summary, elements)

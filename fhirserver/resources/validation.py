@@ -104,6 +104,7 @@ class _Field:
     model: type[FHIRAbstractModel] | None
     choice: str | None  # "value" for valueQuantity etc.
     primitive_ext: bool  # a "_name" sibling holding a primitive's id/extensions
+    walk_only: bool = False  # valid FHIR JSON that the R4B model lacks: checked by the walk, hidden from pydantic
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +186,28 @@ def _info(model: type[FHIRAbstractModel]) -> _ModelInfo:
                        primitive_ext=attr.endswith("__ext"))
         fields[name] = field
         python[attr] = field
+    _add_choice_extensions(fields)
     name = model.__resource_type__
     is_resource = model.has_resource_base()
     return _ModelInfo(model=model, name=name, fields=fields, python=python, is_resource=is_resource,
                       is_root=is_resource or name in COMPLEX_TYPES)
+
+
+def _add_choice_extensions(fields: dict[str, _Field]) -> None:
+    """Add the ``_valueString``-style siblings of primitive choice elements that a model lacks.
+
+    FHIR JSON gives every primitive a ``_name`` sibling for its id and extensions (https://hl7.org/fhir/R4/json.html
+    #primitive), and so ``Extension.valueString`` may carry ``_valueString`` (the R4 CodeSystems v2-* use it for
+    translations). fhir.resources' Extension model has no such fields; they are walked like the other models'
+    primitive extensions and left out of the copy given to pydantic.
+    """
+    element = fhirtypes.FHIRPrimitiveExtensionType.get_model_klass()
+    for field in list(fields.values()):
+        ext_name = f"_{field.name}"
+        if field.choice and field.kind not in (_ELEM, _RES) and ext_name not in fields:
+            fields[ext_name] = _Field(name=ext_name, label=field.name, kind=_ELEM, is_list=field.is_list,
+                                      type_name=element.__resource_type__, model=element, choice=None,
+                                      primitive_ext=True, walk_only=True)
 
 
 def _starts_root(info: _ModelInfo, root: str) -> bool:
@@ -447,6 +466,9 @@ class _Walker:
                     self.add("structure", fpath, f"Element '{field.name}' must not be an array")
                     continue
                 new = self.value(value, field, fpath, defpath, bindings.get(key))
+            if field.walk_only:
+                self.walked_only(obj, info, new, field, fpath)
+                new = _DROP
             if new is not value:
                 if pruned is None:
                     pruned = dict(obj)
@@ -455,6 +477,28 @@ class _Walker:
                 else:
                     pruned[key] = new
         return obj if pruned is None else pruned
+
+    def walked_only(self, obj: dict[str, Any], info: _ModelInfo, value: Any, field: _Field, path: str) -> None:
+        """pydantic's checks of an element hidden from the parent's model, and one value per choice element."""
+        owner = info.fields.get(field.label)
+        if owner is not None and owner.choice:
+            others = [f.name for f in info.fields.values()
+                      if f.choice == owner.choice and f.name != owner.name and f.name in obj]
+            if others:
+                self.add("structure", f"{path.rsplit('.', 1)[0]}.{owner.choice}[x]",
+                         f"Only one of the {owner.choice}[x] elements may be present ('{field.name}' and "
+                         f"'{others[0]}')")
+        model = field.model
+        if model is None:
+            return
+        items = value if field.is_list and isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and item:
+                try:
+                    model.model_validate(item)
+                except ValidationError as exc:
+                    ipath = f"{path}[{index}]" if field.is_list else path
+                    self.model_issues.extend(_model_issues(exc, _info(model), ipath))
 
     def array(self, obj: dict[str, Any], key: str, items: list[Any], field: _Field, path: str, defpath: str,
               binding: str | None) -> Any:
