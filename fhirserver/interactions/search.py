@@ -25,7 +25,8 @@ def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str
     parsed = parse(rtype, query, base, strict)
     count = _count(parsed.control, page_size, page_max)
     after = parsed.control.get("_cursor", [None])[-1]
-    found = store.reader.find(rtype, parsed.filter, count + 1, after) if count else []
+    query = {"$and": [parsed.filter, {"_id": {"$gt": after}}]} if after else parsed.filter
+    found = store.reader.find(rtype, query, count + 1) if count else []
     page = found[:count]
     kept = [*parsed.applied, ("_count", str(count))]
     self_params = kept + ([("_cursor", after)] if after else [])

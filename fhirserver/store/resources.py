@@ -81,12 +81,18 @@ class ResourceReader:
         visible = [d for d in docs if d.get("c") not in pending][:limit]
         return [_stored(d["t"], d) for d in visible]
 
-    def find(self, rtype: str, query: dict, limit: int, after_id: str | None = None) -> list[Stored]:
-        """Current documents matching a compiled search filter, in `_id` order, after `after_id` (keyset paging)."""
-        if after_id is not None:
-            query = {"$and": [query, {"_id": {"$gt": after_id}}]}
-        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0}).sort("_id", 1).limit(limit)
+    def find(self, rtype: str, query: dict, limit: int, sort: list[tuple[str, int]] | None = None) -> list[Stored]:
+        """Current documents matching a compiled search filter, in `sort` order (default `_id`)."""
+        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0}).sort(sort or [("_id", 1)]).limit(limit)
         return [_stored(rtype, d) for d in docs]
+
+    def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0,
+                 sort: list[tuple[str, int]] | None = None) -> list[dict]:
+        """Raw current documents (for index fields such as `idx.subject` or sort keys), not resources."""
+        cursor = self.db[rtype].find(query, projection)
+        if sort:
+            cursor = cursor.sort(sort)
+        return list(cursor.limit(limit) if limit else cursor)
 
     def count(self, rtype: str, query: dict) -> int:
         """How many current documents match."""
