@@ -13,10 +13,18 @@ import fhirpathpy
 import pytest
 from fhirpathpy.models import models
 
-from fhirserver.search.extract import compartments, date_range, extract_index, normalize_string, number_range
+from fhirserver.search.extract import (
+    compartments,
+    date_range,
+    extract_index,
+    normalize_string,
+    number_range,
+    variant_key,
+)
 from fhirserver.search.params import branches_for, params_for, resolve_stub, split_union
+from fhirserver.store.variants import counts_in as variant_counts
 
-SYNTHEA = Path("/work/shared/data/synthea-r4")
+SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea-r4"
 
 
 def _observation(**extra: Any) -> dict:
@@ -158,10 +166,33 @@ def test_reference_forms() -> None:
     assert idx["subject"] == ["Patient/x"]
 
 
+def _values(idx: dict, code: str) -> list:
+    """The values of a range or composite parameter, gathered from its variant keys (code, code~1, ...)."""
+    out, n = [], 0
+    while variant_key(code, n) in idx:
+        out.append(idx[variant_key(code, n)])
+        n += 1
+    return out
+
+
+def test_variant_keys_hold_one_value_each() -> None:
+    """Several dates of one parameter spread over date, date~1, ...; their counts are reported."""
+    timing = _observation(effectivePeriod={"start": "2024-01-01", "end": "2024-01-02"})
+    del timing["effectiveDateTime"]
+    idx = extract_index(timing)
+    assert isinstance(idx["date"], dict) and variant_counts(idx) == {}
+    two = {"resourceType": "Immunization", "id": "i", "status": "completed", "patient": {"reference": "Patient/x"},
+           "vaccineCode": {"text": "x"}, "occurrenceDateTime": "2024-01-01",
+           "reaction": [{"date": "2024-02-01"}, {"date": "2024-03-01"}]}
+    idx = extract_index(two)
+    assert variant_counts(idx) == {"reaction-date": 2}
+    assert [v["lo"].month for v in _values(idx, "reaction-date")] == [2, 3]
+
+
 def test_value_quantity() -> None:
     """value-quantity objects with the precision range, system, code and unit."""
     idx = extract_index(_observation())
-    assert idx["value-quantity"] == [
+    assert _values(idx, "value-quantity") == [
         {"v": 1.5, "lo": 1.495, "hi": 1.505, "s": "http://unitsofmeasure.org", "c": "mmol/L", "u": "mmol/L"}
     ]
 
@@ -169,9 +200,9 @@ def test_value_quantity() -> None:
 def test_date_of_datetime_and_partial_date() -> None:
     """The date parameter of a dateTime with offset, and of a partial date."""
     idx = extract_index(_observation())
-    assert idx["date"] == [{"lo": _utc(2024, 3, 5, 8, 15, 30), "hi": _utc(2024, 3, 5, 8, 15, 30, 999999)}]
+    assert _values(idx, "date") == [{"lo": _utc(2024, 3, 5, 8, 15, 30), "hi": _utc(2024, 3, 5, 8, 15, 30, 999999)}]
     idx = extract_index(_observation(effectiveDateTime="2024-03"))
-    assert idx["date"] == [{"lo": _utc(2024, 3, 1), "hi": _utc(2024, 3, 31, 23, 59, 59, 999999)}]
+    assert _values(idx, "date") == [{"lo": _utc(2024, 3, 1), "hi": _utc(2024, 3, 31, 23, 59, 59, 999999)}]
 
 
 def test_effective_period_and_last_updated() -> None:
@@ -185,8 +216,9 @@ def test_effective_period_and_last_updated() -> None:
     resource = _observation(meta=meta, effectivePeriod={"start": "2024-01-01"})
     del resource["effectiveDateTime"]
     idx = extract_index(resource)
-    assert idx["date"] == [{"lo": _utc(2024, 1, 1), "hi": _utc(9999, 12, 31, 23, 59, 59, 999999)}]
-    assert idx["_lastUpdated"] == [{"lo": _utc(2024, 5, 1, 12, 0, 0, 123000), "hi": _utc(2024, 5, 1, 12, 0, 0, 123999)}]
+    assert _values(idx, "date") == [{"lo": _utc(2024, 1, 1), "hi": _utc(9999, 12, 31, 23, 59, 59, 999999)}]
+    last_updated = {"lo": _utc(2024, 5, 1, 12, 0, 0, 123000), "hi": _utc(2024, 5, 1, 12, 0, 0, 123999)}
+    assert _values(idx, "_lastUpdated") == [last_updated]
     assert idx["_tag"] == ["http://t|", "http://t|x", "x"]
     assert idx["_profile"] == ["http://p/StructureDefinition/obs"]
     assert idx["_source"] == ["http://src#1"]
@@ -220,7 +252,7 @@ def test_patient_name_birthdate_identifier() -> None:
     assert idx["name"] == ["anne", "dr.", "muller", "zoe"]
     assert idx["address-city"] == ["zurich"]
     assert "1 rue ile" in idx["address"]
-    assert idx["birthdate"] == [{"lo": _utc(1980, 7, 14), "hi": _utc(1980, 7, 14, 23, 59, 59, 999999)}]
+    assert _values(idx, "birthdate") == [{"lo": _utc(1980, 7, 14), "hi": _utc(1980, 7, 14, 23, 59, 59, 999999)}]
     assert idx["gender"] == ["female"] and idx["active"] == ["true"]
     assert idx["phone"] == ["555-1234"] and idx["email"] == ["z@example.org"]
     assert idx["identifier"] == ["MRN-7", "http://hospital.example/mrn|", "http://hospital.example/mrn|MRN-7"]
@@ -242,7 +274,7 @@ def test_encounter_period() -> None:
         "period": {"start": "2024-01-02T09:00:00Z", "end": "2024-01-02T09:30:00Z"},
     }
     idx = extract_index(encounter)
-    assert idx["date"] == [{"lo": _utc(2024, 1, 2, 9), "hi": _utc(2024, 1, 2, 9, 30, 0, 999999)}]
+    assert _values(idx, "date") == [{"lo": _utc(2024, 1, 2, 9), "hi": _utc(2024, 1, 2, 9, 30, 0, 999999)}]
     assert "http://terminology.hl7.org/CodeSystem/v3-ActCode|AMB" in idx["class"]
     assert idx["practitioner"] == ["Practitioner/dr1"]
     assert compartments("Encounter", "e1", idx) == ["Encounter/e1", "Patient/x", "Practitioner/dr1"]
@@ -251,12 +283,12 @@ def test_encounter_period() -> None:
 def test_composite_code_value_quantity() -> None:
     """One object per element with each component's values in its own format."""
     idx = extract_index(_observation())
-    assert idx["code-value-quantity"] == [
+    assert _values(idx, "code-value-quantity") == [
         {
             "code": ["1234-5", "http://loinc.org|", "http://loinc.org|1234-5"],
-            "value-quantity": [
-                {"v": 1.5, "lo": 1.495, "hi": 1.505, "s": "http://unitsofmeasure.org", "c": "mmol/L", "u": "mmol/L"}
-            ],
+            "value-quantity": {
+                "v": 1.5, "lo": 1.495, "hi": 1.505, "s": "http://unitsofmeasure.org", "c": "mmol/L", "u": "mmol/L"
+            },
         }
     ]
     assert "code-value-concept" not in idx
@@ -271,16 +303,16 @@ def test_composite_components_per_element() -> None:
             {"code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}},
         ]
     )
-    pairs = extract_index(bp)["component-code-value-quantity"]
-    assert [(p["component-code"][0], p["component-value-quantity"][0]["v"]) for p in pairs] == [
+    pairs = _values(extract_index(bp), "component-code-value-quantity")
+    assert [(p["component-code"][0], p["component-value-quantity"]["v"]) for p in pairs] == [
         ("8480-6", 120.0),
         ("8462-4", 80.0),
     ]
     dated = _observation(valueDateTime="2024-01-01")
     del dated["valueQuantity"]
-    assert extract_index(dated)["code-value-date"][0]["value-date"] == [
-        {"lo": _utc(2024, 1, 1), "hi": _utc(2024, 1, 1, 23, 59, 59, 999999)}
-    ]
+    assert extract_index(dated)["code-value-date"]["value-date"] == {
+        "lo": _utc(2024, 1, 1), "hi": _utc(2024, 1, 1, 23, 59, 59, 999999)
+    }
 
 
 def test_money_and_timing() -> None:
@@ -291,13 +323,14 @@ def test_money_and_timing() -> None:
         "priceOverride": {"value": Decimal("12.5"), "currency": "USD"},
         "factorOverride": Decimal("0.80"),
     }
-    assert extract_index(charge)["price-override"] == [
+    assert _values(extract_index(charge), "price-override") == [
         {"v": 12.5, "lo": 12.45, "hi": 12.55, "s": "urn:iso:std:iso:4217", "c": "USD", "u": ""}
     ]
-    assert extract_index(charge)["factor-override"] == [{"v": 0.8, "lo": 0.795, "hi": 0.805}]
+    assert _values(extract_index(charge), "factor-override") == [{"v": 0.8, "lo": 0.795, "hi": 0.805}]
     timing = _observation(effectiveTiming={"event": ["2024-01-05", "2024-01-01T10:00:00Z"]})
     del timing["effectiveDateTime"]
-    assert extract_index(timing)["date"] == [{"lo": _utc(2024, 1, 1, 10), "hi": _utc(2024, 1, 5, 23, 59, 59, 999999)}]
+    outer = {"lo": _utc(2024, 1, 1, 10), "hi": _utc(2024, 1, 5, 23, 59, 59, 999999)}
+    assert _values(extract_index(timing), "date") == [outer]
 
 
 def test_compartments_of_observation_and_patient() -> None:

@@ -25,7 +25,7 @@ from fhirserver.resources.validation import (
     validate_resource,
 )
 
-SYNTHEA = Path("/work/shared/data/synthea-r4")
+SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea-r4"
 SYNTHEA_BUNDLES = sorted(SYNTHEA.glob("*.json"))[:3] if SYNTHEA.is_dir() else []
 
 OBSERVATION: dict[str, Any] = {

@@ -5,7 +5,13 @@ the parameter's code, in a form the query side can match with plain MongoDB filt
 format: field names never contain ``.`` or start with ``$``, and no array sits directly inside an array (lists of
 objects, and arrays inside those objects, are fine).
 
-Formats by parameter type (``idx[code]``, lists deduplicated and sorted):
+Token, string, reference and uri parameters hold a list of strings (deduplicated, sorted) under ``idx[code]``.
+Date, number, quantity and composite parameters hold ONE object per key: the first under ``idx[code]``, further ones
+under ``idx["code~1"]``, ``idx["code~2"]``... FerretDB v1's ``$elemMatch`` cannot test the fields of objects inside
+an array, so an object list could only be queried with dot notation, where conditions may hold on different
+elements; one object per key keeps every range test exact (the query side ORs over the variants that exist).
+
+Formats by parameter type:
 
 - token: strings. A coding or identifier with system ``s`` and code ``c`` gives ``s|c``, ``c`` and ``s|``; without
   a system ``|c`` and ``c``. ContactPoint: its value; boolean: ``true``/``false``; code, string, uri, id: as written.
@@ -24,8 +30,9 @@ Formats by parameter type (``idx[code]``, lists deduplicated and sorted):
 - quantity: ``{"v", "lo", "hi", "s", "c", "u"}`` (system, code, unit; ``""`` when absent). Money: ``c`` is the
   currency and ``s`` is ``urn:iso:std:iso:4217``. Range and SampledData values are not indexed.
 - uri: strings as written.
-- composite: one object per element the composite expression selects, ``{component code: [values]}`` with the values
-  in the component's own format (main values only); elements missing a component are left out.
+- composite: one object per element the composite expression selects, ``{component code: values}``: a list of strings
+  for token/string/reference/uri components, one object for a date/number/quantity component; elements missing a
+  component are left out.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from conformance.definitions import compartment_params
 from .params import Item, SearchParam, indexed_params
 
 COMPARTMENTS = ("Patient", "Encounter", "Practitioner", "RelatedPerson", "Device")
+SPREAD_TYPES = frozenset({"date", "number", "quantity", "composite"})
+RANGE_TYPES = frozenset({"date", "number", "quantity"})
 
 MIN_DATETIME = datetime(1, 1, 1, tzinfo=UTC)
 MAX_DATETIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
@@ -81,9 +90,21 @@ def extract_index(resource: dict) -> dict[str, list]:
         else:
             values = _VALUES[param.type](items)
         for suffix, found in values.items():
-            if found:
+            if not found:
+                continue
+            if param.type in SPREAD_TYPES:
+                # FerretDB's $elemMatch cannot test fields of objects in an array, so each range or composite
+                # value gets a key of its own: code, code~1, code~2, ... (see variant_keys).
+                for n, item in enumerate(found):
+                    idx[variant_key(param.code + suffix, n)] = item
+            else:
                 idx[param.code + suffix] = found
     return idx
+
+
+def variant_key(code: str, n: int) -> str:
+    """The key of the n-th value of a range or composite parameter: `date`, `date~1`, `date~2`, ..."""
+    return code if n == 0 else f"{code}~{n}"
 
 
 def compartments(resource_type: str, resource_id: str, idx: dict[str, list]) -> list[str]:
@@ -493,16 +514,20 @@ def _uri_values(items: list[Item]) -> Values:
 
 
 def _composite_values(param: SearchParam, items: list[Item], resource: dict) -> list[dict]:
-    """composite: one ``{component code: [values]}`` object per selected element having every component."""
+    """composite: one ``{component code: values}`` object per selected element having every component.
+
+    Token, string, reference and uri components keep their list of strings; a date, number or quantity component
+    keeps its first value as one object (a component holds one such value in the official composites).
+    """
     out: list[dict] = []
     for value, typ in items:
-        entry: dict[str, list] = {}
+        entry: dict = {}
         for component in param.components:
             convert = _VALUES.get(component.type)
             found = convert(component.evaluate(value, typ, resource))[""] if convert else []
             if not found:
                 break
-            entry[component.code] = found
+            entry[component.code] = found[0] if component.type in RANGE_TYPES else found
         else:
             if entry and entry not in out:
                 out.append(entry)

@@ -24,6 +24,8 @@ from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from fhirserver.store.variants import Variants
+
 log = logging.getLogger("fhirserver.store.commit")
 
 HISTORY = "history"
@@ -51,6 +53,7 @@ class Version:
     method: str
     idx: dict = field(default_factory=dict)
     comp: list[str] = field(default_factory=list)
+    srt: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -65,6 +68,7 @@ class Version:
         if not self.deleted:
             doc["idx"] = self.idx
             doc["comp"] = self.comp
+            doc["srt"] = self.srt
         return doc
 
     def history_doc(self, cid: str) -> dict:
@@ -73,11 +77,12 @@ class Version:
 
     def entry(self) -> dict:
         return {"t": self.type, "id": self.id, "v": self.version, "ts": self.ts, "text": self.text,
-                "m": self.method, "idx": self.idx, "comp": self.comp}
+                "m": self.method, "idx": self.idx, "comp": self.comp, "srt": self.srt}
 
     @classmethod
     def from_entry(cls, e: dict) -> Version:
-        return cls(e["t"], e["id"], e["v"], e["ts"], e["text"], e["m"], e.get("idx") or {}, e.get("comp") or [])
+        return cls(e["t"], e["id"], e["v"], e["ts"], e["text"], e["m"], e.get("idx") or {}, e.get("comp") or [],
+                   e.get("srt") or {})
 
 
 class VersionConflict(Exception):
@@ -111,12 +116,15 @@ class Committer:
     def __init__(self, db: Database, stale_after: float = 30.0) -> None:
         self.db = db
         self.stale_after = stale_after
+        self.variants = Variants(db)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def commit(self, versions: list[Version]) -> None:
         """Write all `versions` or none; raise VersionConflict or CommitAborted when none were written."""
         if not versions:
             return
+        for v in versions:
+            self.variants.record(v.type, v.idx)  # before the documents become visible to searches
         cid = uuid.uuid4().hex
         solo = len(versions) == 1
         entries = [v.entry() for v in versions]

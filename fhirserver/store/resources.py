@@ -56,7 +56,7 @@ class ResourceReader:
 
     def current(self, rtype: str, rid: str) -> Stored | None:
         """The current version (possibly a delete), or None when the resource never existed."""
-        doc = self.db[rtype].find_one({"_id": rid}, {"idx": 0, "comp": 0})
+        doc = self.db[rtype].find_one({"_id": rid}, {"idx": 0, "comp": 0, "srt": 0})
         return _stored(rtype, doc) if doc else None
 
     def version(self, rtype: str, rid: str, version: int) -> Stored | None:
@@ -83,7 +83,7 @@ class ResourceReader:
 
     def find(self, rtype: str, query: dict, limit: int, sort: list[tuple[str, int]] | None = None) -> list[Stored]:
         """Current documents matching a compiled search filter, in `sort` order (default `_id`)."""
-        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0}).sort(sort or [("_id", 1)]).limit(limit)
+        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0, "srt": 0}).sort(sort or [("_id", 1)]).limit(limit)
         return [_stored(rtype, d) for d in docs]
 
     def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0,
@@ -97,3 +97,7 @@ class ResourceReader:
     def count(self, rtype: str, query: dict) -> int:
         """How many current documents match."""
         return self.db[rtype].count_documents(query)
+
+    def variants(self, rtype: str) -> dict[str, int]:
+        """How many `code~n` index keys each range or composite parameter of `rtype` may have."""
+        return self.committer.variants.counts(rtype)
