@@ -13,8 +13,9 @@ from fhirserver.interactions import create, delete, history, read, search, trans
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, http_date
 from fhirserver.operations import validate
-from fhirserver.resources.validation import check_type
+from fhirserver.resources.validation import SUPPORTED_TYPES, check_type
 from fhirserver.search.conditional import matching
+from fhirserver.search.extract import COMPARTMENTS
 
 
 def _base() -> str:
@@ -180,30 +181,50 @@ def _get_entry(method: str, rtype: str, path: str | None, query: str) -> Result:
         if len(parts) == 3 and parts[1] == "_history":
             return read.vread(store, rtype, parts[0], parts[2])
     check_type(rtype)
-    settings = context.settings()
-    return search.search(store, _base(), rtype, query, settings.page_size, settings.page_max)
+    return search.search(store, _base(), rtype, query, _paging())
 
 
 def _strict() -> bool:
     return any(p.strip().lower() == "handling=strict" for p in request.headers.get("Prefer", "").split(","))
 
 
+def _paging() -> search.Paging:
+    settings = context.settings()
+    return search.Paging(settings.page_size, settings.page_max)
+
+
+def _pairs() -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of a POST _search."""
+    pairs = list(request.args.items(multi=True))
+    if request.method == "POST":
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise BadRequest("POST _search takes an application/x-www-form-urlencoded body")
+        pairs += list(request.form.items(multi=True))
+    return pairs
+
+
 @fhir.get("/<rtype>")
+@fhir.post("/<rtype>/_search")
 def search_route(rtype: str):
     check_type(rtype)
-    settings = context.settings()
-    pairs = list(request.args.items(multi=True))
-    return render(search.search(context.store(), _base(), rtype, pairs, settings.page_size, settings.page_max,
-                                _strict()))
+    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict()))
 
 
-@fhir.post("/<rtype>/_search")
-def search_post_route(rtype: str):
+@fhir.get("/<ctype>/<cid>/<rtype>")
+def compartment_search_route(ctype: str, cid: str, rtype: str):
+    check_type(ctype)
     check_type(rtype)
-    settings = context.settings()
-    pairs = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return render(search.search(context.store(), _base(), rtype, pairs, settings.page_size, settings.page_max,
-                                _strict()))
+    if ctype not in COMPARTMENTS:
+        raise NotFound(f"{ctype} is not a compartment (these are: {', '.join(COMPARTMENTS)})")
+    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict(), (ctype, cid)))
+
+
+@fhir.get("/")
+@fhir.get("")
+@fhir.post("/_search")
+def system_search_route():
+    types = sorted(SUPPORTED_TYPES)
+    return render(search.system_search(context.store(), _base(), _pairs(), _paging(), types, _strict()))
 
 
 def _validate(rtype: str, rid: str | None):

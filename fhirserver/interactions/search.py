@@ -1,46 +1,175 @@
-"""search: GET [type]?… and POST [type]/_search, as a searchset Bundle with keyset paging."""
+"""search: type, compartment and system level, as a searchset Bundle with keyset paging.
+
+`GET [type]?…`, `POST [type]/_search`, `GET [compartment]/[id]/[type]?…` and `GET [base]?_type=…`. Entries are the
+stored JSON as it is (`orjson.Fragment`) unless `_summary` or `_elements` asks for a subset.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import orjson
 
-from fhirserver.errors import BadRequest
+from fhirserver import fhirjson
+from fhirserver.errors import BadRequest, Issue
 from fhirserver.interactions.result import Result
-from fhirserver.search.query import parse
+from fhirserver.interactions.shaping import parse_elements, parse_summary, shape
+from fhirserver.resources.validation import check_type
+from fhirserver.search.include import IncludePlan, includes_from_query, resolve_includes
+from fhirserver.search.query import Parsed, parse
+from fhirserver.search.sort import cursor_after, keyset_filter, mongo_sort, parse_sort
 from fhirserver.store.database import Store
+from fhirserver.store.resources import Stored
+
+TOTAL_MODES = ("none", "estimate", "accurate")
+SYSTEM_PARAMS = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 
 
-def _count(control: dict[str, list[str]], page_size: int, page_max: int) -> int:
-    raw = control.get("_count", [str(page_size)])[-1]
+@dataclass(frozen=True)
+class Paging:
+    """Page sizes from settings."""
+
+    default: int
+    maximum: int
+
+
+def _last(control: dict[str, list[str]], name: str) -> str | None:
+    values = control.get(name)
+    return values[-1] if values else None
+
+
+def _count(control: dict[str, list[str]], paging: Paging) -> int:
+    raw = _last(control, "_count")
+    if raw is None:
+        return paging.default
     if not raw.isdigit():
         raise BadRequest(f"_count={raw!r} is not a whole number", expression=["_count"])
-    return min(int(raw), page_max)
+    return min(int(raw), paging.maximum)
 
 
-def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str]], page_size: int,
-           page_max: int, strict: bool = False) -> Result:
-    """A searchset Bundle of the current resources of `rtype` matching `query`."""
-    parsed = parse(rtype, query, base, strict)
-    count = _count(parsed.control, page_size, page_max)
-    after = parsed.control.get("_cursor", [None])[-1]
-    query = {"$and": [parsed.filter, {"_id": {"$gt": after}}]} if after else parsed.filter
-    found = store.reader.find(rtype, query, count + 1) if count else []
-    page = found[:count]
-    kept = [*parsed.applied, ("_count", str(count))]
-    self_params = kept + ([("_cursor", after)] if after else [])
-    links = [{"relation": "self", "url": f"{base}/{rtype}?{urlencode(self_params)}"}]
-    if len(found) > count and page:
-        links.append({"relation": "next", "url": f"{base}/{rtype}?{urlencode(kept + [('_cursor', page[-1].id)])}"})
-    entries = [{"fullUrl": f"{base}/{rtype}/{s.id}", "resource": orjson.Fragment(s.text.encode()),
-                "search": {"mode": "match"}} for s in page]
+def _total_mode(control: dict[str, list[str]]) -> str:
+    mode = _last(control, "_total") or "accurate"
+    if mode not in TOTAL_MODES:
+        raise BadRequest(f"_total={mode!r} is not one of none, estimate, accurate", expression=["_total"])
+    return mode
+
+
+def _entry(base: str, s: Stored, summary: str | None, elements: list[str] | None, mode: str) -> dict:
+    if summary in (None, "false") and not elements:
+        resource = orjson.Fragment(s.text.encode())
+    else:
+        resource = shape(fhirjson.loads(s.text), summary, elements)
+    return {"fullUrl": f"{base}/{s.type}/{s.id}", "resource": resource, "search": {"mode": mode}}
+
+
+def _outcome_entry(issues: list[Issue]) -> dict:
+    return {"resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
+            "search": {"mode": "outcome"}}
+
+
+def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str]], paging: Paging,
+           strict: bool = False, compartment: tuple[str, str] | None = None) -> Result:
+    """A searchset Bundle of the current resources of `rtype` matching `query` (inside `compartment`)."""
+    parsed = parse(rtype, query, base, strict, finder=store.reader)
+    query_filter = parsed.filter
+    path = f"{base}/{rtype}"
+    if compartment is not None:
+        ctype, cid = compartment
+        query_filter = {**query_filter, "comp": f"{ctype}/{cid}"}
+        path = f"{base}/{ctype}/{cid}/{rtype}"
+    plan = includes_from_query(rtype, [(k, v) for k, vs in parsed.control.items() for v in vs
+                                       if k.split(":")[0] in ("_include", "_revinclude")])
+    keys = parse_sort(rtype, parsed.control.get("_sort", []))
+
+    def fetch(cursor: str | None, limit: int) -> tuple[list[Stored], str | None]:
+        """One page in `_sort` order after `cursor` (keyset), and the cursor of its last entry."""
+        page_filter = {"$and": [query_filter, keyset_filter(keys, cursor)]} if cursor else query_filter
+        found = store.reader.find(rtype, page_filter, limit + 1, mongo_sort(keys))
+        if len(found) <= limit or not limit:
+            return found[:limit], None
+        last = found[limit - 1]
+        doc = store.reader.find_raw(rtype, {"_id": last.id}, {"_id": 1, "ts": 1, "srt": 1}, 1)[0]
+        return found[:limit], cursor_after(keys, doc)
+
+    return _searchset(store, base, path, [(rtype, query_filter)], parsed, paging, fetch, plan)
+
+
+def system_search(store: Store, base: str, query: list[tuple[str, str]], paging: Paging, types: list[str],
+                  strict: bool = False) -> Result:
+    """`GET [base]?_type=A,B&…`: the Resource-level parameters over several types, type by type, in id order."""
+    wanted = [t for v in dict(query).get("_type", "").split(",") if (t := v.strip())] or types
+    for t in wanted:
+        check_type(t)
+    if "_sort" in dict(query):
+        raise BadRequest("_sort is not supported in a search across types", expression=["_sort"])
+    pairs = [(k, v) for k, v in query if k.split(":")[0] in SYSTEM_PARAMS or k.startswith("_") and k != "_type"]
+    dropped = [k for k, v in query if (k, v) not in pairs and k != "_type"]
+    if dropped and strict:
+        raise BadRequest(f"search parameter {dropped[0]} cannot be used in a search across types",
+                         expression=[dropped[0]])
+    targets = []
+    parsed = Parsed(filter={})
+    for t in wanted:
+        parsed = parse(t, pairs, base, strict, finder=store.reader)
+        targets.append((t, parsed.filter))
+    parsed.ignored += [Issue("not-supported", f"{k} is not a Resource-level parameter; it was ignored",
+                             severity="warning", expression=[k]) for k in dropped]
+    if dict(query).get("_type"):
+        parsed.applied.insert(0, ("_type", dict(query)["_type"]))
+
+    def fetch(cursor: str | None, limit: int) -> tuple[list[Stored], str | None]:
+        """Type after type in `_id` order; the cursor is the last `Type/id`."""
+        after_type, _, after_id = (cursor or "").partition("/")
+        if cursor and after_type not in wanted:
+            raise BadRequest("_cursor does not belong to this search", expression=["_cursor"])
+        page: list[Stored] = []
+        for rtype, type_filter in targets:
+            if cursor and wanted.index(rtype) < wanted.index(after_type):
+                continue
+            if cursor and rtype == after_type:
+                type_filter = {"$and": [type_filter, {"_id": {"$gt": after_id}}]}
+            page += store.reader.find(rtype, type_filter, limit + 1 - len(page))
+            if len(page) > limit:
+                break
+        more = len(page) > limit and limit > 0
+        page = page[:limit]
+        return page, f"{page[-1].type}/{page[-1].id}" if more and page else None
+
+    return _searchset(store, base, base, targets, parsed, paging, fetch)
+
+
+Fetch = Callable[[str | None, int], tuple[list[Stored], str | None]]
+
+
+def _searchset(store: Store, base: str, path: str, targets: list[tuple[str, dict]], parsed: Parsed,
+               paging: Paging, fetch: Fetch, plan: IncludePlan | None = None) -> Result:
+    """The Bundle: a page from `fetch`, includes, outcome of ignored parameters, links and total."""
+    control = parsed.control
+    count = _count(control, paging)
+    summary = parse_summary(_last(control, "_summary"))
+    elements = parse_elements(_last(control, "_elements"))
+    total_mode = "accurate" if summary == "count" else _total_mode(control)
+    cursor = _last(control, "_cursor")
+    if summary == "count":
+        count = 0
+    page, next_cursor = fetch(cursor, count) if count else ([], None)
+    kept = [*parsed.applied, *(plan.self_link_params() if plan else []),
+            *[(k, v) for k in ("_sort", "_summary", "_elements", "_total") for v in control.get(k, [])],
+            ("_count", str(count))]
+    links = [{"relation": "self", "url": f"{path}?{urlencode(kept + ([('_cursor', cursor)] if cursor else []))}"}]
+    if next_cursor:
+        links.append({"relation": "next", "url": f"{path}?{urlencode([*kept, ('_cursor', next_cursor)])}"})
+    entries = [_entry(base, s, summary, elements, "match") for s in page]
+    if plan and page:
+        entries += [_entry(base, s, summary, elements, "include") for s in resolve_includes(store, plan, page)]
     if parsed.ignored:
-        outcome = {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in parsed.ignored]}
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+        entries.append(_outcome_entry(parsed.ignored))
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
-    if not after:
-        bundle["total"] = store.reader.count(rtype, parsed.filter)
+    if total_mode != "none" and cursor is None:
+        bundle["total"] = sum(store.reader.count(t, f) for t, f in targets)
     bundle["link"] = links
-    bundle["entry"] = entries
+    if entries:
+        bundle["entry"] = entries
     return Result(200, body=bundle)

@@ -9,6 +9,7 @@ from fhirserver import fhirjson
 from fhirserver.errors import Conflict, FHIRError, PreconditionFailed, Unprocessable
 from fhirserver.resources.validation import validate_resource
 from fhirserver.search.extract import compartments, extract_index
+from fhirserver.search.sort import sort_values
 from fhirserver.store.commit import CommitAborted, Version, VersionConflict, now, wait_a_little
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
@@ -48,7 +49,7 @@ def make_version(rtype: str, rid: str, version: int, ts: datetime, resource: dic
     stamped = stamp(resource, rid, version, ts)
     idx = extract_index(stamped)
     return Version(rtype, rid, version, ts, fhirjson.dumps(stamped).decode(), method, idx,
-                   compartments(rtype, rid, idx))
+                   compartments(rtype, rid, idx), sort_values(rtype, idx))
 
 
 def stored_of(version: Version) -> Stored:

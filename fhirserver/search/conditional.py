@@ -15,7 +15,7 @@ from fhirserver.store.resources import Stored
 
 def matching(store: Store, rtype: str, query: str, limit: int) -> list[Stored]:
     """Up to `limit` current resources of `rtype` matching `query` (a query string without `?`)."""
-    parsed = parse(rtype, query.lstrip("?"), strict=True)
+    parsed = parse(rtype, query.lstrip("?"), strict=True, finder=store.reader)
     if not parsed.applied:
         raise BadRequest(f"the condition {query!r} has no search parameter to match on")
     return store.reader.find(rtype, parsed.filter, limit)

@@ -1,7 +1,9 @@
 """Search queries: parsing `name[:modifier]=value[,value]` parameters and compiling them to MongoDB filters on `idx`.
 
-Comma means OR within a parameter; a repeated parameter means AND. Every filter reads `idx` fields (or `_id`) only,
-so it can use indexes. Unknown parameters are reported (lenient) or refused (strict).
+Comma means OR within a parameter; a repeated parameter means AND. Filters read `idx` fields (or `_id`, `comp`)
+only, so they can use indexes. Chained parameters (`subject:Patient.name=x`) and reverse chains
+(`_has:Observation:patient:code=x`) run their inner search first and match on the ids found. Unknown parameters are
+reported (lenient) or refused (strict).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from fhirserver.errors import BadRequest, Issue
@@ -19,15 +22,24 @@ from fhirserver.search.params import SearchParam, params_for
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Result parameters and others that are not filters: handled by the search interaction, not compiled here.
 CONTROL = {"_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_format", "_pretty",
-           "_contained", "_containedType", "_cursor", "_page", "_offset"}
+           "_contained", "_containedType", "_cursor", "_type", "_include:iterate", "_revinclude:iterate",
+           "_include:recurse", "_revinclude:recurse"}
 MODIFIERS = {
-    "token": {"not", "text", "of-type", "missing", "in", "not-in", "above", "below"},
+    "token": {"not", "text", "of-type", "missing"},
     "string": {"exact", "contains", "missing"},
     "reference": {"missing", "identifier"},
     "uri": {"below", "above", "missing"},
     "date": {"missing"}, "number": {"missing"}, "quantity": {"missing"}, "composite": {"missing"},
 }
-SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "of-type", "missing"}
+CHAIN_LIMIT = 1000  # ids an inner (chained or _has) search may produce before the search is refused as too costly
+
+
+class Finder(Protocol):
+    """What the compiler needs of the store for chains: raw documents matching a filter."""
+
+    def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0) -> list[dict]: ...
+
+    def variants(self, rtype: str) -> dict[str, int]: ...
 
 
 @dataclass
@@ -40,10 +52,28 @@ class Parsed:
     ignored: list[Issue] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Cond:
+    """A test on one index field (`idx.<code><suffix>`, or a component key inside a composite).
+
+    With `fields`, `test` maps subfields of a range object (`lo`, `hi`, `v`, `s`, `c`, `u`) to their conditions,
+    all of which must hold on the same object; `negate` means no value of the parameter may satisfy them.
+    """
+
+    suffix: str
+    test: Any
+    fields: bool = False
+    negate: bool = False
+
+
 def split_values(raw: str) -> list[str]:
     """Values separated by unescaped commas; `\\,` is a literal comma."""
-    parts = re.split(r"(?<!\\),", raw)
-    return [p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts]
+    return [p.replace("\\,", ",") for p in re.split(r"(?<!\\),", raw)]
+
+
+def split_escaped(value: str, sep: str) -> list[str]:
+    """Split on an unescaped separator (`|` or `$`) and unescape it."""
+    return [p.replace("\\" + sep, sep) for p in re.split(r"(?<!\\)" + re.escape(sep), value)]
 
 
 def _split_prefix(value: str) -> tuple[str, str]:
@@ -56,46 +86,44 @@ def _bad(name: str, text: str) -> BadRequest:
     return BadRequest(f"search parameter {name}: {text}", expression=[name])
 
 
-def _field(code: str, suffix: str = "") -> str:
-    return f"idx.{code}{suffix}"
-
-
-def _token(param: SearchParam, name: str, modifier: str | None, value: str) -> dict:
+# -- values of each parameter type -> conditions ---------------------------------------------------------------
+def _token(name: str, modifier: str | None, value: str) -> list[Cond]:
     if modifier == "text":
-        return {_field(param.code, ":text"): {"$regex": "^" + re.escape(normalize_string(value))}}
+        return [Cond(":text", {"$regex": "^" + re.escape(normalize_string(value))})]
     if modifier == "of-type":
-        pieces = value.split("|")
-        if len(pieces) != 3:
+        if len(split_escaped(value, "|")) != 3:
             raise _bad(name, f":of-type wants system|code|value, not {value!r}")
-        return {_field(param.code, ":of-type"): value}
-    if modifier == "not":
-        return {_field(param.code): {"$ne": value}}
-    return {_field(param.code): value}
+        return [Cond(":of-type", value)]
+    value = value.replace("\\|", "|")
+    return [Cond("", {"$ne": value} if modifier == "not" else value)]
 
 
-def _string(param: SearchParam, modifier: str | None, value: str) -> dict:
+def _string(modifier: str | None, value: str) -> list[Cond]:
     if modifier == "exact":
-        return {_field(param.code, ":exact"): value}
+        return [Cond(":exact", value)]
     text = re.escape(normalize_string(value))
-    return {_field(param.code): {"$regex": text if modifier == "contains" else "^" + text}}
+    return [Cond("", {"$regex": text if modifier == "contains" else "^" + text})]
 
 
-def _reference(param: SearchParam, name: str, modifier: str | None, value: str, base: str) -> dict:
+def _reference(param: SearchParam, modifier: str | None, value: str, base: str) -> list[Cond]:
     if modifier == "identifier":
-        return {_field(param.code, ":identifier"): value}
+        return [Cond(":identifier", value.replace("\\|", "|"))]
     if base and value.startswith(base + "/"):
         value = value[len(base) + 1:]
     if "/" in value or ":" in value:
-        return {_field(param.code): value}
+        return [Cond("", value)]
     targets = [modifier] if modifier else list(param.targets)
     if len(targets) == 1:
-        return {_field(param.code): f"{targets[0]}/{value}"}
-    return {_field(param.code): {"$in": [f"{t}/{value}" for t in targets] or [value]}}
+        return [Cond("", f"{targets[0]}/{value}")]
+    return [Cond("", {"$in": [f"{t}/{value}" for t in targets] or [value]})]
 
 
-def _date_clause(name: str, prefix: str, lo: datetime, hi: datetime) -> dict:
-    """Range semantics of FHIR date search over stored {lo, hi} (both inclusive)."""
-    clauses = {
+def _date_clause(prefix: str, lo: datetime, hi: datetime) -> dict:
+    """FHIR date prefixes over stored {lo, hi} ranges (both ends inclusive)."""
+    if prefix == "ap":
+        span = max(hi - lo, (hi - lo) * 0.1)
+        return {"lo": {"$lte": hi + span}, "hi": {"$gte": lo - span}}
+    return {
         "eq": {"lo": {"$gte": lo}, "hi": {"$lte": hi}},
         "gt": {"hi": {"$gt": hi}},
         "lt": {"lo": {"$lt": lo}},
@@ -103,32 +131,26 @@ def _date_clause(name: str, prefix: str, lo: datetime, hi: datetime) -> dict:
         "le": {"lo": {"$lte": hi}},
         "sa": {"lo": {"$gt": hi}},
         "eb": {"hi": {"$lt": lo}},
-    }
-    if prefix == "ap":
-        span = max((hi - lo) * 0.1, hi - lo)
-        return {"lo": {"$lte": hi + span}, "hi": {"$gte": lo - span}}
-    return clauses[prefix]
+    }[prefix]
 
 
-def _date(param: SearchParam, name: str, value: str) -> dict:
+def _date(name: str, value: str) -> list[Cond]:
     prefix, text = _split_prefix(value)
     bounds = date_range(text)
     if bounds is None:
         raise _bad(name, f"{value!r} is not a valid date, dateTime or instant (with an optional prefix)")
     lo, hi = bounds
-    path = _field(param.code)
     if prefix == "ne":
-        return {path: {"$not": {"$elemMatch": _date_clause(name, "eq", lo, hi)}}}
-    return {path: {"$elemMatch": _date_clause(name, prefix, lo, hi)}}
+        return [Cond("", _date_clause("eq", lo, hi), fields=True, negate=True)]
+    return [Cond("", _date_clause(prefix, lo, hi), fields=True)]
 
 
 def _number_clause(prefix: str, v: float, lo: float, hi: float) -> dict:
-    return {
-        "eq": {"v": {"$gte": lo, "$lt": hi}},
-        "gt": {"v": {"$gt": v}}, "lt": {"v": {"$lt": v}}, "ge": {"v": {"$gte": v}}, "le": {"v": {"$lte": v}},
-        "sa": {"v": {"$gt": v}}, "eb": {"v": {"$lt": v}},
-        "ap": {"v": {"$gte": v - abs(v) * 0.1, "$lte": v + abs(v) * 0.1}},
-    }[prefix]
+    if prefix == "ap":
+        return {"v": {"$gte": v - abs(v) * 0.1, "$lte": v + abs(v) * 0.1}}
+    return {"eq": {"v": {"$gte": lo, "$lt": hi}}, "gt": {"v": {"$gt": v}}, "lt": {"v": {"$lt": v}},
+            "ge": {"v": {"$gte": v}}, "le": {"v": {"$lte": v}}, "sa": {"v": {"$gt": v}},
+            "eb": {"v": {"$lt": v}}}[prefix]
 
 
 def _numeric(name: str, text: str) -> tuple[float, float, float]:
@@ -137,116 +159,224 @@ def _numeric(name: str, text: str) -> tuple[float, float, float]:
     except InvalidOperation:
         found = None
     if found is None:
-        raise _bad(name, f"{text!r} is not a number")
+        raise _bad(name, f"{text!r} is not a number (with an optional prefix)")
     return found
 
 
-def _number(param: SearchParam, name: str, value: str) -> dict:
+def _number(name: str, value: str) -> list[Cond]:
     prefix, text = _split_prefix(value)
     v, lo, hi = _numeric(name, text)
-    clause = _number_clause(prefix, v, lo, hi)
     if prefix == "ne":
-        return {_field(param.code): {"$not": {"$elemMatch": _number_clause("eq", v, lo, hi)}}}
-    return {_field(param.code): {"$elemMatch": clause}}
+        return [Cond("", _number_clause("eq", v, lo, hi), fields=True, negate=True)]
+    return [Cond("", _number_clause(prefix, v, lo, hi), fields=True)]
 
 
-def _quantity(param: SearchParam, name: str, value: str) -> dict:
+def _quantity(name: str, value: str) -> list[Cond]:
     """`[prefix]number|system|code`; a code without a system matches the code or the unit."""
-    number, *rest = split_pipes(value)
+    number, *rest = split_escaped(value, "|")
     prefix, text = _split_prefix(number)
     v, lo, hi = _numeric(name, text)
     match = _number_clause("eq" if prefix == "ne" else prefix, v, lo, hi)
-    system, code = (rest + ["", ""])[:2] if rest else ("", "")
+    system, code = (rest + ["", ""])[:2]
     if system:
         match = {**match, "s": system}
-    # FerretDB refuses $or inside $elemMatch, so alternatives are separate $elemMatch clauses.
-    variants = [{**match, "c": code}] if code and system else \
+    options = [{**match, "c": code}] if code and system else \
         [{**match, "c": code}, {**match, "u": code}] if code else [match]
-    op = "$not" if prefix == "ne" else None
-    clauses = [{_field(param.code): {"$not": {"$elemMatch": m}} if op else {"$elemMatch": m}} for m in variants]
-    if len(clauses) == 1:
-        return clauses[0]
-    return {"$and": clauses} if op else {"$or": clauses}
+    # "ne": no value may equal it in either reading of the code, so the negated options are ANDed by the caller.
+    return [Cond("", m, fields=True, negate=prefix == "ne") for m in options]
 
 
-def split_pipes(value: str) -> list[str]:
-    return [p.replace("\\|", "|") for p in re.split(r"(?<!\\)\|", value)]
-
-
-def _uri(param: SearchParam, modifier: str | None, value: str) -> dict:
+def _uri(modifier: str | None, value: str) -> list[Cond]:
     if modifier == "below":
-        return {_field(param.code): {"$regex": "^" + re.escape(value)}}
+        return [Cond("", {"$regex": "^" + re.escape(value)})]
     if modifier == "above":
         prefixes = [value[:i] for i in range(len(value), 0, -1) if i == len(value) or value[i] == "/"]
-        return {_field(param.code): {"$in": prefixes}}
-    return {_field(param.code): value}
+        return [Cond("", {"$in": prefixes})]
+    return [Cond("", value)]
 
 
-def _one(param: SearchParam, name: str, modifier: str | None, value: str, base: str) -> dict:
-    """The filter of one value of one parameter."""
-    kind = param.type
-    if kind == "token":
-        return _token(param, name, modifier, value)
-    if kind == "string":
-        return _string(param, modifier, value)
-    if kind == "reference":
-        return _reference(param, name, modifier, value, base)
-    if kind == "date":
-        return _date(param, name, value)
-    if kind == "number":
-        return _number(param, name, value)
-    if kind == "quantity":
-        return _quantity(param, name, value)
-    if kind == "uri":
-        return _uri(param, modifier, value)
-    raise _bad(name, f"{kind} parameters are not searchable yet")
+def conditions(param_type: str, param: SearchParam | None, name: str, modifier: str | None, value: str,
+               base: str) -> list[Cond]:
+    """The alternative conditions (OR) that one value of a parameter of `param_type` means."""
+    if param_type == "token":
+        return _token(name, modifier, value)
+    if param_type == "string":
+        return _string(modifier, value)
+    if param_type == "reference" and param is not None:
+        return _reference(param, modifier, value, base)
+    if param_type == "date":
+        return _date(name, value)
+    if param_type == "number":
+        return _number(name, value)
+    if param_type == "quantity":
+        return _quantity(name, value)
+    if param_type in ("uri", "reference"):
+        return _uri(modifier, value)
+    raise _bad(name, f"{param_type} parameters cannot be searched this way")
 
 
-def _special(code: str, modifier: str | None, values: list[str], name: str) -> dict | None:
-    if code == "_id":
+def _either(clauses: list[dict]) -> dict:
+    return clauses[0] if len(clauses) == 1 else {"$or": clauses}
+
+
+def _composite(param: SearchParam, name: str, value: str, base: str, variants: dict[str, int]) -> dict:
+    """`a$b` over the composite's component objects: every component must hold within one element."""
+    parts = split_escaped(value, "$")
+    if len(parts) != len(param.components):
+        raise _bad(name, f"{param.code} takes {len(param.components)} values joined by '$', not {value!r}")
+    options: list[dict] = [{}]
+    for component, part in zip(param.components, parts, strict=True):
+        alternatives = conditions(component.type, None, name, None, part, base)
+        if any(c.negate for c in alternatives):
+            raise _bad(name, "the ne prefix is not supported inside composite values")
+        options = [{**o, **_component_tests(component.code + c.suffix, c)} for o in options for c in alternatives]
+    # Each composite value is one object under its own key (code, code~1, ...): all components hold on it.
+    return _either([{f"idx.{key}.{sub}": test for sub, test in o.items()}
+                    for key in _keys(param.code, variants) for o in options])
+
+
+def _component_tests(path: str, cond: Cond) -> dict:
+    if cond.fields:
+        return {f"{path}.{sub}": test for sub, test in cond.test.items()}
+    return {path: cond.test}
+
+
+def _keys(code: str, variants: dict[str, int]) -> list[str]:
+    """The index keys of a range or composite parameter: code, code~1, ... as far as any document has them."""
+    return [code] + [f"{code}~{n}" for n in range(1, variants.get(code, 1))]
+
+
+def _range_clause(code: str, cond: Cond, variants: dict[str, int]) -> dict:
+    """A range condition tested on each variant object of the parameter (one object per key)."""
+    per_key = [{f"idx.{key}.{sub}": test for sub, test in cond.test.items()} for key in _keys(code, variants)]
+    if cond.negate:
+        return {"$nor": per_key, f"idx.{code}": {"$exists": True}}
+    return _either(per_key)
+
+
+# -- chains ----------------------------------------------------------------------------------------------------
+def _ids(finder: Finder | None, rtype: str, query: dict, name: str) -> list[str]:
+    if finder is None:
+        raise _bad(name, "chained searches are not available here")
+    docs = finder.find_raw(rtype, query, {"_id": 1}, limit=CHAIN_LIMIT + 1)
+    if len(docs) > CHAIN_LIMIT:
+        raise BadRequest(f"search parameter {name}: the chained search matches more than {CHAIN_LIMIT} "
+                         "resources; narrow it", expression=[name])
+    return [d["_id"] for d in docs]
+
+
+def _chain(rtype: str, param: SearchParam, target: str | None, rest: str, raw: str, name: str,
+           base: str, finder: Finder | None) -> dict:
+    """`param[:Target].rest=raw`: references of `param` to the targets matching `rest=raw`."""
+    targets = [target] if target else list(param.targets)
+    refs: list[str] = []
+    usable = 0
+    for t in targets:
+        if rest.split(":")[0].split(".")[0] not in params_for(t) and not rest.startswith("_"):
+            continue
+        usable += 1
+        inner = parse(t, [(rest, raw)], base, strict=True, finder=finder)
+        refs += [f"{t}/{i}" for i in _ids(finder, t, inner.filter, name)]
+    if not usable:
+        raise _bad(name, f"no target type of {param.code} has a parameter {rest.split('.')[0]!r}")
+    return {f"idx.{param.code}": {"$in": refs}}
+
+
+def _has(rtype: str, name: str, raw: str, base: str, finder: Finder | None) -> dict:
+    """`_has:Type:param:rest=raw`: resources referenced through `param` by resources of Type matching rest=raw."""
+    pieces = name.split(":", 3)
+    if len(pieces) != 4 or not pieces[3]:
+        raise _bad(name, "_has takes the form _has:Type:referenceParam:searchParam=value")
+    _, other, link, rest = pieces
+    link_param = params_for(other).get(link)
+    if link_param is None or link_param.type != "reference":
+        raise _bad(name, f"{other} has no reference parameter {link!r}")
+    inner = parse(other, [(rest, raw)], base, strict=True, finder=finder)
+    if finder is None:
+        raise _bad(name, "_has is not available here")
+    docs = finder.find_raw(other, inner.filter, {f"idx.{link}": 1}, limit=CHAIN_LIMIT + 1)
+    if len(docs) > CHAIN_LIMIT:
+        raise BadRequest(f"search parameter {name}: matches more than {CHAIN_LIMIT} {other} resources; narrow it",
+                         expression=[name])
+    prefix = rtype + "/"
+    ids = sorted({ref[len(prefix):] for d in docs for ref in d.get("idx", {}).get(link, [])
+                  if isinstance(ref, str) and ref.startswith(prefix) and "/" not in ref[len(prefix):]})
+    return {"_id": {"$in": ids}}
+
+
+# -- one parameter ---------------------------------------------------------------------------------------------
+def _clause(rtype: str, name: str, raw: str, base: str, finder: Finder | None,
+            known: dict[str, SearchParam], variants: dict[str, int]) -> dict | None:
+    """The filter of one `name=raw` pair, or None when the parameter is unknown to `rtype`."""
+    if name.startswith("_has:"):
+        return _has(rtype, name, raw, base, finder)
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    modifier = modifier or None
+    if code == "_id" and not dot:
+        values = split_values(raw)
         return {"_id": {"$in": values}} if len(values) > 1 else {"_id": values[0]}
-    return None
+    param = known.get(code)
+    if param is None:
+        return None
+    if dot:
+        if param.type != "reference":
+            raise _bad(name, f"{code} is not a reference parameter, so it cannot be chained")
+        if modifier and modifier not in param.targets:
+            raise _bad(name, f"{modifier} is not a target type of {code}")
+        return _chain(rtype, param, modifier, rest, raw, name, base, finder)
+    if modifier and modifier not in MODIFIERS.get(param.type, set()) and not (
+            param.type == "reference" and modifier in param.targets):
+        raise _Unsupported(f"modifier :{modifier} is not supported on {code}")
+    if modifier == "missing":
+        if raw not in ("true", "false"):
+            raise _bad(name, ":missing takes true or false")
+        return {f"idx.{code}": {"$exists": raw == "false"}}
+    ors: list[dict] = []
+    for value in split_values(raw):
+        if param.type == "composite":
+            ors.append(_composite(param, name, value, base, variants))
+            continue
+        conds = conditions(param.type, param, name, modifier, value, base)
+        clauses = [_range_clause(code, c, variants) if c.fields else {f"idx.{code}{c.suffix}": c.test}
+                   for c in conds]
+        negated = any(c.negate for c in conds)
+        ors.append({"$and": clauses} if negated and len(clauses) > 1 else _either(clauses))
+    return _either(ors)
 
 
-def parse(rtype: str, query: str | list[tuple[str, str]], base: str = "", strict: bool = False) -> Parsed:
+class _Unsupported(Exception):
+    """A known parameter used with a modifier this server does not support."""
+
+
+def parse(rtype: str, query: str | list[tuple[str, str]], base: str = "", strict: bool = False,
+          finder: Finder | None = None) -> Parsed:
     """Parse and compile a search on `rtype`; unknown parameters are 400 when `strict`, else reported."""
     pairs = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else query
     known = params_for(rtype)
+    variants = finder.variants(rtype) if finder is not None else {}
     clauses: list[dict] = []
     out = Parsed(filter={})
     for name, raw in pairs:
-        code, _, modifier = name.partition(":")
-        modifier = modifier or None
-        if code in CONTROL:
-            out.control.setdefault(code, []).append(raw)
+        if name in CONTROL or name.split(":")[0] in ("_include", "_revinclude"):
+            out.control.setdefault(name, []).append(raw)
             continue
-        values = split_values(raw)
         if not raw:
             out.ignored.append(Issue("invalid", f"search parameter {name} has no value and was ignored",
                                      severity="warning", expression=[name]))
             continue
-        special = _special(code, modifier, values, name)
-        if special is not None:
-            clauses.append(special)
-            out.applied.append((name, raw))
-            continue
-        param = known.get(code)
-        if param is None or (modifier and modifier not in MODIFIERS.get(param.type, set())
-                             and not (param.type == "reference" and modifier in param.targets)):
-            what = f"unknown search parameter {code!r} for {rtype}" if param is None else \
-                f"modifier :{modifier} is not supported on {code}"
+        try:
+            clause = _clause(rtype, name, raw, base, finder, known, variants)
+            problem = None if clause is not None else f"unknown search parameter {name.split(':')[0]!r} for {rtype}"
+        except _Unsupported as exc:
+            clause, problem = None, str(exc)
+        if clause is None:
             if strict:
-                raise _bad(name, what)
-            out.ignored.append(Issue("not-supported", f"{what}; it was ignored", severity="warning",
+                raise _bad(name, str(problem))
+            out.ignored.append(Issue("not-supported", f"{problem}; it was ignored", severity="warning",
                                      expression=[name]))
             continue
-        if modifier == "missing":
-            if raw not in ("true", "false"):
-                raise _bad(name, ":missing takes true or false")
-            clauses.append({_field(param.code): {"$exists": raw == "false"}})
-        else:
-            ors = [_one(param, name, modifier, v, base) for v in values]
-            clauses.append(ors[0] if len(ors) == 1 else {"$or": ors})
+        clauses.append(clause)
         out.applied.append((name, raw))
     base_filter: dict = {"del": False}
     if clauses:
