@@ -1,23 +1,42 @@
-"""The CapabilityStatement builder: describes what the server really supports (it grows with each feature)."""
+"""The CapabilityStatement builder: describes what the server really supports, from the same registries the
+server runs on (supported types, indexed search parameters, compartments, operations)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import cache
 
 import fhirserver
+from fhirserver.resources.validation import SUPPORTED_TYPES
+from fhirserver.search.extract import COMPARTMENTS
+from fhirserver.search.params import params_for
 
 SOFTWARE_NAME = "fhirserver"
 # A fixed publication date of this statement's shape; bumped when what it declares changes.
 STATEMENT_DATE = "2026-11-29"
-TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create")
-SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                     "search-type")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json"]
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+SYSTEM_SEARCH_PARAMS = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 
 
-def _resource_entry(rtype: str, search: Iterable[dict]) -> dict:
-    entry: dict = {
+def _search_params(rtype: str) -> list[dict]:
+    params = params_for(rtype)
+    return [{"name": code, "definition": p.url, "type": p.type} for code, p in sorted(params.items())]
+
+
+def _references(rtype: str) -> list[str]:
+    return [f"{rtype}:{code}" for code, p in sorted(params_for(rtype).items()) if p.type == "reference"]
+
+
+def _revincludes(rtype: str) -> list[str]:
+    return sorted(f"{source}:{code}" for source in SUPPORTED_TYPES for code, p in params_for(source).items()
+                  if p.type == "reference" and rtype in p.targets)
+
+
+def _resource_entry(rtype: str) -> dict:
+    return {
         "type": rtype,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
         "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
@@ -28,29 +47,29 @@ def _resource_entry(rtype: str, search: Iterable[dict]) -> dict:
         "conditionalRead": "full-support",
         "conditionalUpdate": True,
         "conditionalDelete": "single",
-        "referencePolicy": ["literal", "logical", "resolves", "local"],
+        "referencePolicy": ["literal", "logical", "local"],
+        "searchInclude": ["*", *_references(rtype)],
+        "searchRevInclude": _revincludes(rtype),
+        "searchParam": _search_params(rtype),
         "operation": [{"name": "validate", "definition": VALIDATE}],
     }
-    params = list(search)
-    if params:
-        entry["interaction"].append({"code": "search-type"})
-        entry["searchParam"] = params
-    return entry
 
 
 @cache
-def capability_statement(base_url: str, resource_types: tuple[str, ...] = (),
-                         search_params: tuple[tuple[str, tuple[dict, ...]], ...] = ()) -> dict:
-    """The CapabilityStatement served at `[base]/metadata` for a server at `base_url`.
-
-    `resource_types` are the types served with every REST interaction; `search_params` maps a type to the
-    `searchParam` entries it supports.
-    """
-    search = dict(search_params)
-    rest: dict = {"mode": "server", "documentation": "FHIR R4 REST API over JSON."}
-    if resource_types:
-        rest["resource"] = [_resource_entry(t, search.get(t, ())) for t in resource_types]
-        rest["interaction"] = [{"code": code} for code in SYSTEM_INTERACTIONS]
+def capability_statement(base_url: str) -> dict:
+    """The CapabilityStatement served at `[base]/metadata` for a server at `base_url`."""
+    types = sorted(SUPPORTED_TYPES)
+    any_params = params_for("Patient")
+    rest = {
+        "mode": "server",
+        "documentation": "FHIR R4 REST API over JSON. Chained parameters, _has, _include/_revinclude (:iterate), "
+                         "_sort, _total, _summary and _elements are supported on every type.",
+        "resource": [_resource_entry(t) for t in types],
+        "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+        "searchParam": [{"name": code, "definition": any_params[code].url, "type": any_params[code].type}
+                        for code in SYSTEM_SEARCH_PARAMS if code in any_params],
+        "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c[0].lower() + c[1:]}" for c in COMPARTMENTS],
+    }
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from conformance.capability import capability_statement
 from fhirserver import logs
 from fhirserver.api import errors, fhir, ops
 from fhirserver.config import Settings
@@ -23,5 +24,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(fhir)
     app.register_blueprint(ops)
     errors.register(app)
+    capability_statement(settings.base_url)  # build once at start-up, not on the first /metadata request
     logs.log_requests(app)
     return app

@@ -68,3 +68,21 @@ def test_logs_are_json_lines_without_bodies(server):
     assert any(r.get("path") == "/fhir/metadata" and r.get("status") == 405 for r in records)
     text = server.log.read_text()
     assert secret not in text and "QUERY-SECRET" not in text
+
+
+def test_capability_statement_declares_interactions_and_search(server):
+    cs = requests.get(f"{server.base}/metadata").json()
+    rest = cs["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} >= {"transaction", "batch", "history-system", "search-system"}
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert "MedicinalProduct" not in by_type and "Patient" in by_type and len(by_type) == 128
+    obs = by_type["Observation"]
+    assert {i["code"] for i in obs["interaction"]} >= {"read", "vread", "create", "update", "patch", "delete",
+                                                       "search-type", "history-instance", "history-type"}
+    params = {p["name"]: p for p in obs["searchParam"]}
+    assert params["code"]["type"] == "token"
+    assert params["code"]["definition"] == "http://hl7.org/fhir/SearchParameter/clinical-code"
+    assert "code-value-quantity" in params and "_lastUpdated" in params
+    assert "Observation:subject" in obs["searchInclude"]
+    assert obs["conditionalCreate"] is True and obs["versioning"] == "versioned"
+    assert "application/json-patch+json" in cs["patchFormat"]

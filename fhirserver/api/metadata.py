@@ -7,14 +7,13 @@ from werkzeug.exceptions import MethodNotAllowed
 from conformance.capability import capability_statement
 from fhirserver.api import context, fhir
 from fhirserver.api.responses import fhir_response
-from fhirserver.resources.validation import SUPPORTED_TYPES
 
 
 @fhir.get("/metadata")
 def metadata():
     """The statement of what this server supports; 503 while the database is unreachable."""
     context.store().ready()
-    return fhir_response(capability_statement(context.settings().base_url, tuple(sorted(SUPPORTED_TYPES))))
+    return fhir_response(capability_statement(context.settings().base_url))
 
 
 @fhir.route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])
