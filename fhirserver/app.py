@@ -8,6 +8,7 @@ from conformance.capability import capability_statement
 from fhirserver import logs
 from fhirserver.api import errors, fhir, ops
 from fhirserver.config import Settings
+from fhirserver.search.indexing import search_indexes
 from fhirserver.store.database import Store
 
 
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
     app.extensions["fhir.settings"] = settings
     store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
-    store.maintain(interval=min(settings.commit_timeout / 3, 10.0))
+    store.maintain(interval=min(settings.commit_timeout / 3, 10.0), index_models=search_indexes)
     app.extensions["fhir.store"] = store
     app.register_blueprint(fhir)
     app.register_blueprint(ops)

@@ -142,5 +142,21 @@ def db_status() -> None:
     sys.exit(0 if info.get("answers") else 1)
 
 
+@db.command("reindex")
+@click.option("--type", "types", multiple=True, help="only these resource types (repeatable)")
+def db_reindex(types: tuple[str, ...]) -> None:
+    """Recompute the search index of every stored resource (after definitions change)."""
+    from fhirserver.search.reindex import reindex
+    from fhirserver.store.database import Store
+
+    settings = _settings()
+    store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
+    chosen = list(types) or store.resource_types()
+    total = sum(store.db[t].estimated_document_count() for t in chosen)
+    with click.progressbar(length=total, label="re-indexing", show_pos=True, show_percent=True) as bar:
+        counts = reindex(store, chosen, bar.update)
+    click.echo(f"re-indexed {sum(counts.values())} resources in {len(counts)} types")
+
+
 if __name__ == "__main__":
     main()

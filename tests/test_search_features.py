@@ -140,3 +140,30 @@ def test_unknown_parameter_lenient_and_strict(server):
     assert "bogus" not in next(link["url"] for link in lenient["link"] if link["relation"] == "self")
     strict = requests.get(f"{server.base}/Observation", params={"bogus": "1"}, headers={"Prefer": "handling=strict"})
     assert strict.status_code == 400
+
+
+def test_search_indexes_exist(server, ferretdb, world):
+    from pymongo import MongoClient
+
+    names = set(MongoClient(ferretdb.uri).fhirtest.Observation.index_information())
+    assert {"idx.code_1", "idx.patient_1", "idx.date.lo_1", "comp_1"} <= names, names
+    assert "could not create indexes" not in server.log.read_text()
+
+
+def test_reindex_command_restores_the_index(server, ferretdb, world):
+    import os
+    import subprocess
+    import sys
+
+    from pymongo import MongoClient
+
+    coll = MongoClient(ferretdb.uri).fhirtest.Observation
+    target = world["obs"][2]
+    coll.update_one({"_id": target}, {"$set": {"idx": {}, "srt": {}}})
+    assert target not in _ids(_get(server, "Observation", code="718-7"))
+    env = {**os.environ, "MONGODB_URI": ferretdb.uri, "FHIR_DB_NAME": "fhirtest"}
+    done = subprocess.run([sys.executable, "-m", "fhirserver.cli", "db", "reindex", "--type", "Observation"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "re-indexed" in done.stdout
+    assert target in _ids(_get(server, "Observation", code="718-7"))

@@ -6,7 +6,7 @@ import uuid
 
 from fhirserver.errors import PreconditionFailed
 from fhirserver.interactions.result import Result
-from fhirserver.interactions.versions import check_valid, make_version, next_timestamp, stored_of
+from fhirserver.interactions.versions import check_valid, ensure_indexes, make_version, next_timestamp, stored_of
 from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.database import Store
 
@@ -35,6 +35,6 @@ def create(store: Store, base: str, rtype: str, body: object, if_none_exist: str
 def _create(store: Store, base: str, rtype: str, resource: dict, rid: str | None) -> Result:
     rid = rid or new_id()
     version = make_version(rtype, rid, 1, next_timestamp(None), resource, "POST")
-    store.indexes.resource_type(rtype)
+    ensure_indexes(store, rtype)
     store.committer.commit([version])
     return Result(201, stored_of(version), location=f"{base}/{rtype}/{rid}/_history/1")

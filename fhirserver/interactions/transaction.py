@@ -24,7 +24,7 @@ from fhirserver.interactions import read as read_mod
 from fhirserver.interactions import update as update_mod
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, http_date
-from fhirserver.interactions.versions import make_version, next_timestamp, stored_of
+from fhirserver.interactions.versions import ensure_indexes, make_version, next_timestamp, stored_of
 from fhirserver.resources.validation import SUPPORTED_TYPES, check_type, validate_resource
 from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.commit import CommitAborted, Version, VersionConflict, wait_a_little
@@ -170,7 +170,7 @@ class Transaction:
                 self._plan_writes(entries)
                 versions = [e.version for e in entries if e.version is not None]
                 for rtype in {v.type for v in versions}:
-                    self.store.indexes.resource_type(rtype)
+                    ensure_indexes(self.store, rtype)
                 self.store.committer.commit(versions)
                 return
             except VersionConflict as exc:

@@ -9,6 +9,7 @@ from fhirserver import fhirjson
 from fhirserver.errors import Conflict, FHIRError, PreconditionFailed, Unprocessable
 from fhirserver.resources.validation import validate_resource
 from fhirserver.search.extract import compartments, extract_index
+from fhirserver.search.indexing import search_indexes
 from fhirserver.search.sort import sort_values
 from fhirserver.store.commit import CommitAborted, Version, VersionConflict, now, wait_a_little
 from fhirserver.store.database import Store
@@ -67,6 +68,11 @@ def check_valid(resource: object, rtype: str, rid: str | None = None, **kwargs) 
     return resource
 
 
+def ensure_indexes(store: Store, rtype: str) -> None:
+    """The store's and the searches' indexes of `rtype` (once per process)."""
+    store.indexes.resource_type(rtype, search_indexes(rtype))
+
+
 def write_with_retry(store: Store, rtype: str, rid: str, plan: Callable[[Stored | None], Version | None],
                      if_match: int | None = None) -> tuple[Stored | None, Version | None]:
     """Read the current version, let `plan` make the next one, commit it; retry when another writer wins.
@@ -82,7 +88,7 @@ def write_with_retry(store: Store, rtype: str, rid: str, plan: Callable[[Stored 
         version = plan(current)
         if version is None:
             return current, None
-        store.indexes.resource_type(rtype)
+        ensure_indexes(store, rtype)
         try:
             store.committer.commit([version])
             return current, version

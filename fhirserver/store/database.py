@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
+from pymongo import IndexModel, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -32,7 +34,7 @@ class Store:
         """Raise StoreUnavailable unless the database answers."""
         check_ready(self.db)
 
-    def maintain(self, interval: float) -> None:
+    def maintain(self, interval: float, index_models: Callable[[str], Sequence[IndexModel]] = lambda _: ()) -> None:
         """Start the background thread: indexes once, then recovery every `interval` seconds."""
 
         def loop() -> None:
@@ -40,7 +42,7 @@ class Store:
             while not self._stop.is_set():
                 try:
                     if not indexed:
-                        self.indexes.bookkeeping()
+                        self.indexes.bookkeeping(index_models)
                         indexed = True
                     self.committer.recover()
                 except PyMongoError as exc:
@@ -50,6 +52,21 @@ class Store:
                 self._stop.wait(interval)
 
         threading.Thread(target=loop, name="store-maintenance", daemon=True).start()
+
+    def set_index(self, rtype: str, items: list[tuple[str, int, dict, list[str], dict]]) -> int:
+        """Replace idx, comp and srt of current documents still at the given version; return how many changed.
+
+        A writer that committed a newer version meanwhile wrote its own index, so a version mismatch is skipped.
+        """
+        for _, _, idx, _, _ in items:
+            self.committer.variants.record(rtype, idx)
+        ops = [UpdateOne({"_id": rid, "v": v}, {"$set": {"idx": idx, "comp": comp, "srt": srt}})
+               for rid, v, idx, comp, srt in items]
+        return self.db[rtype].bulk_write(ops, ordered=False).modified_count if ops else 0
+
+    def resource_types(self) -> list[str]:
+        """The resource types that have a collection."""
+        return sorted(n for n in self.db.list_collection_names() if n[:1].isupper())
 
     def close(self) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
@@ -44,18 +45,18 @@ class IndexKeeper:
         self.done: set[str] = set()
         self.lock = threading.Lock()
 
-    def bookkeeping(self) -> None:
+    def bookkeeping(self, extra: Callable[[str], Sequence[IndexModel]] = lambda _: ()) -> None:
         """Indexes of history and commit bookkeeping, and of every resource collection that exists."""
         for name, models in BOOKKEEPING.items():
             self._ensure(name, models)
         for name in self.db.list_collection_names():
             if name[:1].isupper():
-                self._ensure(name, RESOURCE)
+                self._ensure(name, [*RESOURCE, *extra(name)])
 
-    def resource_type(self, rtype: str) -> None:
+    def resource_type(self, rtype: str, extra: Sequence[IndexModel] = ()) -> None:
         """Indexes of one resource type's current collection (a set lookup after the first call)."""
         if rtype not in self.done:
-            self._ensure(rtype, RESOURCE)
+            self._ensure(rtype, [*RESOURCE, *extra])
 
     def _ensure(self, name: str, models: list[IndexModel]) -> None:
         marker = f"indexes/{name}/{_layout(models)}"

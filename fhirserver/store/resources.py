@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -101,3 +102,14 @@ class ResourceReader:
     def variants(self, rtype: str) -> dict[str, int]:
         """How many `code~n` index keys each range or composite parameter of `rtype` may have."""
         return self.committer.variants.counts(rtype)
+
+    def scan(self, rtype: str, batch: int = 500) -> Iterator[list[dict]]:
+        """Every current document of `rtype` (id, version, text, deleted), in `_id` order, a batch at a time."""
+        after = None
+        while True:
+            query = {"_id": {"$gt": after}} if after is not None else {}
+            docs = list(self.db[rtype].find(query, {"v": 1, "text": 1, "del": 1}).sort("_id", 1).limit(batch))
+            if not docs:
+                return
+            yield docs
+            after = docs[-1]["_id"]
