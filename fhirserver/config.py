@@ -32,24 +32,23 @@ def _port(name: str, raw: str) -> int:
     return value
 
 
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise SettingsError(name, f"{value} must be at least 1")
-    return value
+def _number(kind: type, noun: str, above_zero: bool) -> Callable[[str, str], Any]:
+    """A parser of whole numbers (`int`, at least 1) or numbers (`float`, above 0)."""
+
+    def parse(name: str, raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not {noun}") from None
+        if value <= 0 if above_zero else value < 1:
+            raise SettingsError(name, f"{value} must be {'above 0' if above_zero else 'at least 1'}")
+        return value
+
+    return parse
 
 
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(name, f"{value} must be above 0")
-    return value
+_positive_int = _number(int, "a whole number", above_zero=False)
+_positive_float = _number(float, "a number", above_zero=True)
 
 
 def _choice(options: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
