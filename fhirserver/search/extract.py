@@ -304,17 +304,20 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _add_coding(coding: Any, main: set[str], text: set[str]) -> None:
-    """``s|c``, ``c``, ``s|`` (or ``|c``, ``c``) and the display."""
-    if not isinstance(coding, dict):
-        return
-    system = _str(coding.get("system"))
-    code = _str(coding.get("code"))
+def _add_token(system: str, code: str, main: set[str]) -> None:
+    """``s|c``, ``c`` and ``s|`` (or ``|c`` and ``c`` without a system)."""
     if code:
         main.add(code)
         main.add(f"{system}|{code}" if system else f"|{code}")
     if system:
         main.add(system + "|")
+
+
+def _add_coding(coding: Any, main: set[str], text: set[str]) -> None:
+    """The coding's tokens and its display."""
+    if not isinstance(coding, dict):
+        return
+    _add_token(_str(coding.get("system")), _str(coding.get("code")), main)
     display = coding.get("display")
     if isinstance(display, str) and display.strip():
         text.add(normalize_string(display))
@@ -324,13 +327,8 @@ def _add_identifier(identifier: Any, main: set[str], text: set[str], of_type: se
     """Identifier tokens, its type text and ``typeSystem|typeCode|value``."""
     if not isinstance(identifier, dict):
         return
-    system = _str(identifier.get("system"))
     value = _str(identifier.get("value"))
-    if value:
-        main.add(value)
-        main.add(f"{system}|{value}" if system else f"|{value}")
-    if system:
-        main.add(system + "|")
+    _add_token(_str(identifier.get("system")), value, main)
     id_type = identifier.get("type")
     if isinstance(id_type, dict):
         type_text = id_type.get("text")
