@@ -6,7 +6,7 @@ from flask import Flask
 
 from conformance.capability import capability_statement
 from fhirserver import logs
-from fhirserver.api import errors, fhir, ops
+from fhirserver.api import auth, errors, fhir, ops
 from fhirserver.config import Settings
 from fhirserver.search.indexing import search_indexes
 from fhirserver.store.database import Store
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
     store.maintain(interval=min(settings.commit_timeout / 3, 10.0), index_models=search_indexes)
     app.extensions["fhir.store"] = store
+    app.extensions["fhir.authenticate"] = auth.open_access if settings.auth == "off" else auth.bearer(None)
     app.register_blueprint(fhir)
     app.register_blueprint(ops)
     errors.register(app)

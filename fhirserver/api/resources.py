@@ -47,21 +47,21 @@ def _not_modified(result: Result) -> Response | None:
 @fhir.get("/<rtype>/<rid>")
 def read_route(rtype: str, rid: str):
     check_type(rtype)
-    result = read.read(context.store(), rtype, rid)
+    result = read.read(context.store(), rtype, rid, context.guard())
     return _not_modified(result) or render(result)
 
 
 @fhir.get("/<rtype>/<rid>/_history/<vid>")
 def vread_route(rtype: str, rid: str, vid: str):
     check_type(rtype)
-    result = read.vread(context.store(), rtype, rid, vid)
+    result = read.vread(context.store(), rtype, rid, vid, context.guard())
     return _not_modified(result) or render(result)
 
 
 def _history(rtype: str | None = None, rid: str | None = None):
     settings = context.settings()
     result = history.history(context.store(), _base(), request.args.to_dict(), settings.page_size,
-                             settings.page_max, rtype, rid)
+                             settings.page_max, rtype, rid, context.guard())
     return render(result)
 
 
@@ -85,14 +85,16 @@ def instance_history_route(rtype: str, rid: str):
 @fhir.post("/<rtype>")
 def create_route(rtype: str):
     check_type(rtype)
-    result = create.create(context.store(), _base(), rtype, json_body(), request.headers.get("If-None-Exist"))
+    result = create.create(context.store(), _base(), rtype, json_body(), request.headers.get("If-None-Exist"),
+                           guard=context.guard())
     return render(result, prefer_return())
 
 
 @fhir.put("/<rtype>/<rid>")
 def update_route(rtype: str, rid: str):
     check_type(rtype)
-    result = update.update(context.store(), _base(), rtype, rid, json_body(), etag_version("If-Match"))
+    result = update.update(context.store(), _base(), rtype, rid, json_body(), etag_version("If-Match"),
+                           guard=context.guard())
     return render(result, prefer_return())
 
 
@@ -100,13 +102,13 @@ def update_route(rtype: str, rid: str):
 def conditional_update_route(rtype: str):
     check_type(rtype)
     result = update.conditional_update(context.store(), _base(), rtype, _query(), json_body(),
-                                       etag_version("If-Match"))
+                                       etag_version("If-Match"), context.guard())
     return render(result, prefer_return())
 
 
 def _patched(rtype: str, rid: str) -> dict:
     """The current resource with the request's patch applied (JSON Patch or FHIRPath Patch)."""
-    current = read.read(context.store(), rtype, rid).stored
+    current = read.read(context.store(), rtype, rid, context.guard()).stored
     assert current is not None and current.text is not None
     resource = fhirjson.loads(current.text)
     if body_media_type() == JSON_PATCH:
@@ -124,14 +126,15 @@ def patch_route(rtype: str, rid: str):
     patched = _patched(rtype, rid)
     if patched.get("id") != rid:
         raise BadRequest("a patch must not change the resource's id", expression=[f"{rtype}.id"])
-    result = update.update(context.store(), _base(), rtype, rid, patched, etag_version("If-Match"), method="PATCH")
+    result = update.update(context.store(), _base(), rtype, rid, patched, etag_version("If-Match"), method="PATCH",
+                           guard=context.guard())
     return render(result, prefer_return())
 
 
 @fhir.patch("/<rtype>")
 def conditional_patch_route(rtype: str):
     check_type(rtype)
-    found = matching(context.store(), rtype, _query(), limit=2)
+    found = matching(context.store(), rtype, _query(), limit=2, visible=context.guard().reachable("search", rtype))
     if not found:
         raise NotFound(f"conditional patch {rtype}?{_query()} matches nothing")
     if len(found) > 1:
@@ -142,13 +145,13 @@ def conditional_patch_route(rtype: str):
 @fhir.delete("/<rtype>/<rid>")
 def delete_route(rtype: str, rid: str):
     check_type(rtype)
-    return render(delete.delete(context.store(), rtype, rid, etag_version("If-Match")))
+    return render(delete.delete(context.store(), rtype, rid, etag_version("If-Match"), context.guard()))
 
 
 @fhir.delete("/<rtype>")
 def conditional_delete_route(rtype: str):
     check_type(rtype)
-    return render(delete.conditional_delete(context.store(), rtype, _query()))
+    return render(delete.conditional_delete(context.store(), rtype, _query(), guard=context.guard()))
 
 
 @fhir.post("/")
@@ -158,12 +161,12 @@ def bundle_route():
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("POST to the base takes a Bundle of type transaction or batch", expression=["resourceType"])
     kind = bundle.get("type")
-    store, base = context.store(), _base()
+    store, base, guard = context.store(), _base(), context.guard()
     if kind == "transaction":
-        body = transaction.Transaction(store, base, _get_entry).run(bundle)
+        body = transaction.Transaction(store, base, _get_entry, guard).run(bundle)
     elif kind == "batch":
         body = transaction.batch(store, base, bundle, _get_entry,
-                                 lambda e: transaction.run_single(store, base, e))
+                                 lambda e: transaction.run_single(store, base, e, guard))
     else:
         raise BadRequest(f"a Bundle of type {kind!r} cannot be processed here; post a transaction or a batch",
                          expression=["Bundle.type"])
@@ -172,16 +175,16 @@ def bundle_route():
 
 def _get_entry(method: str, rtype: str, path: str | None, query: str) -> Result:
     """A GET entry of a batch or transaction: read, vread, history or search."""
-    store = context.store()
+    store, guard = context.store(), context.guard()
     if rtype and path:
         parts = path.split("/")
         check_type(rtype)
         if len(parts) == 1:
-            return read.read(store, rtype, parts[0])
+            return read.read(store, rtype, parts[0], guard)
         if len(parts) == 3 and parts[1] == "_history":
-            return read.vread(store, rtype, parts[0], parts[2])
+            return read.vread(store, rtype, parts[0], parts[2], guard)
     check_type(rtype)
-    return search.search(store, _base(), rtype, query, _paging())
+    return search.search(store, _base(), rtype, query, _paging(), guard=guard)
 
 
 def _strict() -> bool:
@@ -207,7 +210,8 @@ def _pairs() -> list[tuple[str, str]]:
 @fhir.post("/<rtype>/_search")
 def search_route(rtype: str):
     check_type(rtype)
-    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict()))
+    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict(),
+                                guard=context.guard()))
 
 
 @fhir.get("/<ctype>/<cid>/<rtype>")
@@ -216,7 +220,8 @@ def compartment_search_route(ctype: str, cid: str, rtype: str):
     check_type(rtype)
     if ctype not in COMPARTMENTS:
         raise NotFound(f"{ctype} is not a compartment (these are: {', '.join(COMPARTMENTS)})")
-    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict(), (ctype, cid)))
+    return render(search.search(context.store(), _base(), rtype, _pairs(), _paging(), _strict(), (ctype, cid),
+                                context.guard()))
 
 
 @fhir.get("/")
@@ -224,13 +229,14 @@ def compartment_search_route(ctype: str, cid: str, rtype: str):
 @fhir.post("/_search")
 def system_search_route():
     types = sorted(SUPPORTED_TYPES)
-    return render(search.system_search(context.store(), _base(), _pairs(), _paging(), types, _strict()))
+    return render(search.system_search(context.store(), _base(), _pairs(), _paging(), types, _strict(),
+                                       context.guard()))
 
 
 def _validate(rtype: str, rid: str | None):
     check_type(rtype)
     body = json_body() if request.method == "POST" else None
-    return render(validate.validate(context.store(), rtype, body, rid, request.args.get("mode")))
+    return render(validate.validate(context.store(), rtype, body, rid, request.args.get("mode"), context.guard()))
 
 
 @fhir.route("/<rtype>/$validate", methods=["POST"])

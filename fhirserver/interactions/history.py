@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from fhirserver.errors import BadRequest, NotFound
+from fhirserver.errors import BadRequest, Forbidden, NotFound
+from fhirserver.interactions.guard import OPEN, Guard, in_patient_compartment
 from fhirserver.interactions.result import Result, http_date
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
@@ -56,8 +57,9 @@ def _entry(base: str, s: Stored) -> dict:
 
 
 def history(store: Store, base: str, params: dict[str, str], page_size: int, page_max: int,
-            rtype: str | None = None, rid: str | None = None) -> Result:
+            rtype: str | None = None, rid: str | None = None, guard: Guard = OPEN) -> Result:
     """A history Bundle of committed versions, newest first, with a `next` link while more remain."""
+    within = _history_scope(store, guard, rtype, rid)
     if rtype and rid and store.reader.current(rtype, rid) is None:
         raise NotFound(f"{rtype}/{rid} is not known")
     since = parse_instant("_since", params["_since"]) if params.get("_since") else None
@@ -69,7 +71,8 @@ def history(store: Store, base: str, params: dict[str, str], page_size: int, pag
     if count < 0:
         raise BadRequest("_count must not be negative", expression=["_count"])
     before = _uncursor(params["_cursor"]) if params.get("_cursor") else None
-    records = store.reader.history(rtype=rtype, rid=rid, since=since, at=at, before=before, limit=count + 1)
+    records = store.reader.history(rtype=rtype, rid=rid, since=since, at=at, before=before, limit=count + 1,
+                                   within=within)
     if at is not None:
         records = _current_at(store, records, at)
     more = len(records) > count
@@ -83,6 +86,25 @@ def history(store: Store, base: str, params: dict[str, str], page_size: int, pag
         links.append({"relation": "next", "url": f"{path}?{urlencode(next_params)}"})
     bundle = {"resourceType": "Bundle", "type": "history", "link": links, "entry": [_entry(base, s) for s in page]}
     return Result(200, body=bundle)
+
+
+def _history_scope(store: Store, guard: Guard, rtype: str | None, rid: str | None) -> dict | None:
+    """What history the token may see: the instance when it can read it now; a type's or the system's history
+    only inside its patient compartments (history records carry `comp`, not the search index, so granular
+    category scopes cannot be applied to them and are refused)."""
+    if rid and rtype:
+        guard.check_existing(store, "history-instance", rtype, rid)
+        return None
+    interaction, target = ("history-type", rtype) if rtype else ("history-system", "*")
+    guard.require(interaction, target)
+    if guard.open:
+        return None
+    rules = guard.access.rules(interaction, target)
+    if any(rule.constraint for rule in rules):
+        raise Forbidden("history is not available under granular (category) scopes; search instead")
+    if rtype and not in_patient_compartment(rtype) or any(rule.compartments is None for rule in rules):
+        return None
+    return {"comp": {"$in": sorted({c for rule in rules for c in rule.compartments or ()})}}
 
 
 def _current_at(store: Store, records: list[Stored], at: datetime) -> list[Stored]:

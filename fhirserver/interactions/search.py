@@ -14,6 +14,7 @@ import orjson
 
 from fhirserver import fhirjson
 from fhirserver.errors import BadRequest, Issue
+from fhirserver.interactions.guard import OPEN, Guard, GuardedFinder
 from fhirserver.interactions.result import Result
 from fhirserver.interactions.shaping import parse_elements, parse_summary, shape
 from fhirserver.resources.validation import check_type
@@ -70,10 +71,12 @@ def _outcome_entry(issues: list[Issue]) -> dict:
 
 
 def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str]], paging: Paging,
-           strict: bool = False, compartment: tuple[str, str] | None = None) -> Result:
-    """A searchset Bundle of the current resources of `rtype` matching `query` (inside `compartment`)."""
-    parsed = parse(rtype, query, base, strict, finder=store.reader)
-    query_filter = parsed.filter
+           strict: bool = False, compartment: tuple[str, str] | None = None, guard: Guard = OPEN) -> Result:
+    """A searchset Bundle of the current resources of `rtype` matching `query` (inside `compartment`), among
+    those the token may search."""
+    guard.require("search", rtype)
+    parsed = parse(rtype, query, base, strict, finder=GuardedFinder(store, guard))
+    query_filter = guard.restrict("search", rtype, parsed.filter)
     path = f"{base}/{rtype}"
     if compartment is not None:
         ctype, cid = compartment
@@ -93,15 +96,20 @@ def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str
         doc = store.reader.find_raw(rtype, {"_id": last.id}, {"_id": 1, "ts": 1, "srt": 1}, 1)[0]
         return found[:limit], cursor_after(keys, doc)
 
-    return _searchset(store, base, path, [(rtype, query_filter)], parsed, paging, fetch, plan)
+    return _searchset(store, base, path, [(rtype, query_filter)], parsed, paging, fetch, plan, guard)
 
 
 def system_search(store: Store, base: str, query: list[tuple[str, str]], paging: Paging, types: list[str],
-                  strict: bool = False) -> Result:
-    """`GET [base]?_type=A,B&…`: the Resource-level parameters over several types, type by type, in id order."""
-    wanted = [t for v in dict(query).get("_type", "").split(",") if (t := v.strip())] or types
-    for t in wanted:
+                  strict: bool = False, guard: Guard = OPEN) -> Result:
+    """`GET [base]?_type=A,B&…`: the Resource-level parameters over several types, type by type, in id order.
+
+    Named types must all be searchable with the token (403 otherwise); without `_type`, the types it may search.
+    """
+    named = [t for v in dict(query).get("_type", "").split(",") if (t := v.strip())]
+    for t in named:
         check_type(t)
+        guard.require("search", t)
+    wanted = named or [t for t in types if guard.allows("search", t)]
     if "_sort" in dict(query):
         raise BadRequest("_sort is not supported in a search across types", expression=["_sort"])
     pairs = [(k, v) for k, v in query if k.split(":")[0] in SYSTEM_PARAMS or k.startswith("_") and k != "_type"]
@@ -112,8 +120,8 @@ def system_search(store: Store, base: str, query: list[tuple[str, str]], paging:
     targets = []
     parsed = Parsed(filter={})
     for t in wanted:
-        parsed = parse(t, pairs, base, strict, finder=store.reader)
-        targets.append((t, parsed.filter))
+        parsed = parse(t, pairs, base, strict, finder=GuardedFinder(store, guard))
+        targets.append((t, guard.restrict("search", t, parsed.filter)))
     parsed.ignored += [Issue("not-supported", f"{k} is not a Resource-level parameter; it was ignored",
                              severity="warning", expression=[k]) for k in dropped]
     if dict(query).get("_type"):
@@ -144,7 +152,7 @@ Fetch = Callable[[str | None, int], tuple[list[Stored], str | None]]
 
 
 def _searchset(store: Store, base: str, path: str, targets: list[tuple[str, dict]], parsed: Parsed,
-               paging: Paging, fetch: Fetch, plan: IncludePlan | None = None) -> Result:
+               paging: Paging, fetch: Fetch, plan: IncludePlan | None = None, guard: Guard = OPEN) -> Result:
     """The Bundle: a page from `fetch`, includes, outcome of ignored parameters, links and total."""
     control = parsed.control
     count = _count(control, paging)
@@ -163,7 +171,14 @@ def _searchset(store: Store, base: str, path: str, targets: list[tuple[str, dict
         links.append({"relation": "next", "url": f"{path}?{urlencode([*kept, ('_cursor', next_cursor)])}"})
     entries = [_entry(base, s, summary, elements, "match") for s in page]
     if plan and page:
-        entries += [_entry(base, s, summary, elements, "include") for s in resolve_includes(store, plan, page)]
+        def reach(rtype: str) -> dict | None:
+            """Included resources obey the token too: None leaves a type out, {} is unrestricted."""
+            if not guard.allows("read", rtype):
+                return None
+            return guard.visibility("read", rtype) or {}
+
+        included = resolve_includes(store, plan, page, restrict=reach)
+        entries += [_entry(base, s, summary, elements, "include") for s in included]
     if parsed.ignored:
         entries.append(_outcome_entry(parsed.ignored))
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}

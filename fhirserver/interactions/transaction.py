@@ -22,6 +22,7 @@ from fhirserver.interactions import create as create_mod
 from fhirserver.interactions import delete as delete_mod
 from fhirserver.interactions import read as read_mod
 from fhirserver.interactions import update as update_mod
+from fhirserver.interactions.guard import OPEN, Guard
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, http_date
 from fhirserver.interactions.versions import ensure_indexes, make_version, next_timestamp, stored_of
@@ -138,7 +139,8 @@ def _walk_strings(value: Any, fn: Callable[[str], str | None]) -> Any:
 class Transaction:
     """Processes one transaction Bundle against the store."""
 
-    def __init__(self, store: Store, base: str, get: GetHandler) -> None:
+    def __init__(self, store: Store, base: str, get: GetHandler, guard: Guard = OPEN) -> None:
+        self.guard = guard
         self.store = store
         self.base = base
         self.get = get
@@ -192,7 +194,8 @@ class Transaction:
         for e in entries:
             if e.method == "POST":
                 if e.if_none_exist:
-                    found = matching(self.store, e.type, e.if_none_exist, limit=2)
+                    found = matching(self.store, e.type, e.if_none_exist, limit=2,
+                                     visible=self.guard.reachable("search", e.type))
                     if len(found) > 1:
                         raise PreconditionFailed(f"{e.where}.request.ifNoneExist matches more than one {e.type}")
                     e.existing = found[0] if found else None
@@ -207,7 +210,7 @@ class Transaction:
                 seen[key] = e.index
 
     def _conditional_target(self, e: Entry) -> str | None:
-        found = matching(self.store, e.type, e.query, limit=2)
+        found = matching(self.store, e.type, e.query, limit=2, visible=self.guard.reachable("search", e.type))
         if len(found) > 1:
             raise PreconditionFailed(f"{e.where}: {e.method} {e.type}?{e.query} matches more than one resource")
         if found:
@@ -243,7 +246,7 @@ class Transaction:
     def _conditional_reference(self, ref: str, where: str) -> str:
         if ref not in self.conditional_refs:
             rtype, query = ref.split("?", 1)
-            found = matching(self.store, rtype, query, limit=2)
+            found = matching(self.store, rtype, query, limit=2, visible=self.guard.reachable("search", rtype))
             if len(found) != 1:
                 raise Unprocessable(f"{where}: conditional reference {ref!r} matches {len(found)} resources "
                                     "(exactly one is needed)", expression=[f"{where}.resource"])
@@ -264,31 +267,43 @@ class Transaction:
             raise Unprocessable(errors[0].diagnostics, issues=issues)
 
     def _plan_writes(self, entries: list[Entry]) -> None:
+        """Make each write entry's version; every entry must be allowed by the token (403/404 fails them all)."""
         for e in sorted(entries, key=lambda e: ORDER[e.method]):
-            if e.method == "POST":
-                if not e.existing:
-                    e.version = make_version(e.type, e.target, 1, next_timestamp(None), e.resource, "POST")
-            elif e.method in ("PUT", "PATCH", "DELETE") and e.target:
-                current = self.store.reader.current(e.type, e.target)
-                if e.if_match is not None and (current is None or current.deleted or current.version != e.if_match):
-                    raise PreconditionFailed(f"{e.where}.request.ifMatch expects version {e.if_match} of "
-                                             f"{e.type}/{e.target}")
-                number = current.version + 1 if current else 1
-                ts = next_timestamp(current)
-                if e.method == "DELETE":
-                    if current is not None and not current.deleted:
-                        e.version = make_version(e.type, e.target, number, ts, None, "DELETE")
-                elif e.method == "PUT":
-                    e.extra["created"] = current is None or current.deleted
-                    e.version = make_version(e.type, e.target, number, ts, e.resource, "PUT")
-                else:
-                    if current is None or current.deleted:
-                        raise NotFound(f"{e.where}: {e.type}/{e.target} does not exist to be patched")
-                    patched = _apply_patch(e, fhirjson.loads(current.text))
-                    issues = validate_resource(patched, resource_type=e.type, resource_id=e.target)
-                    if any(i.severity in ("error", "fatal") for i in issues):
-                        raise Unprocessable(f"{e.where}: the patched resource is not valid", issues=issues)
-                    e.version = make_version(e.type, e.target, number, ts, patched, "PATCH")
+            self._plan_write(e)
+            if e.version is not None:
+                self.guard.check_new(_INTERACTION[e.method], e.version)
+
+    def _plan_write(self, e: Entry) -> None:
+        """One write entry's version (nothing for a POST that matched, or a DELETE of nothing)."""
+        if e.method == "POST":
+            if not e.existing:
+                e.version = make_version(e.type, e.target, 1, next_timestamp(None), e.resource, "POST")
+        elif e.method in ("PUT", "PATCH", "DELETE") and e.target:
+            current = self.store.reader.current(e.type, e.target)
+            if current is not None and not current.deleted:
+                self.guard.check_existing(self.store, _INTERACTION[e.method], e.type, e.target)
+            if e.if_match is not None and (current is None or current.deleted or current.version != e.if_match):
+                raise PreconditionFailed(f"{e.where}.request.ifMatch expects version {e.if_match} of "
+                                         f"{e.type}/{e.target}")
+            number = current.version + 1 if current else 1
+            ts = next_timestamp(current)
+            if e.method == "DELETE":
+                if current is not None and not current.deleted:
+                    e.version = make_version(e.type, e.target, number, ts, None, "DELETE")
+            elif e.method == "PUT":
+                e.extra["created"] = current is None or current.deleted
+                e.version = make_version(e.type, e.target, number, ts, e.resource, "PUT")
+            else:
+                if current is None or current.deleted:
+                    raise NotFound(f"{e.where}: {e.type}/{e.target} does not exist to be patched")
+                patched = _apply_patch(e, fhirjson.loads(current.text))
+                issues = validate_resource(patched, resource_type=e.type, resource_id=e.target)
+                if any(i.severity in ("error", "fatal") for i in issues):
+                    raise Unprocessable(f"{e.where}: the patched resource is not valid", issues=issues)
+                e.version = make_version(e.type, e.target, number, ts, patched, "PATCH")
+
+
+_INTERACTION = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 def _apply_patch(e: Entry, resource: dict) -> dict:
@@ -396,20 +411,20 @@ def _batch_entry(result: Result, base: str) -> dict:
     return entry
 
 
-def run_single(store: Store, base: str, e: Entry) -> Result:
+def run_single(store: Store, base: str, e: Entry, guard: Guard = OPEN) -> Result:
     """One batch write entry through the ordinary interactions."""
     if e.method == "POST":
-        return create_mod.create(store, base, e.type, e.resource, e.if_none_exist)
+        return create_mod.create(store, base, e.type, e.resource, e.if_none_exist, guard=guard)
     if e.method == "PUT":
         if e.id:
-            return update_mod.update(store, base, e.type, e.id, e.resource, e.if_match)
-        return update_mod.conditional_update(store, base, e.type, e.query, e.resource, e.if_match)
+            return update_mod.update(store, base, e.type, e.id, e.resource, e.if_match, guard=guard)
+        return update_mod.conditional_update(store, base, e.type, e.query, e.resource, e.if_match, guard=guard)
     if e.method == "DELETE":
         if e.id:
-            return delete_mod.delete(store, e.type, e.id, e.if_match)
-        return delete_mod.conditional_delete(store, e.type, e.query)
-    current = read_mod.read(store, e.type, e.id).stored if e.id else None
+            return delete_mod.delete(store, e.type, e.id, e.if_match, guard=guard)
+        return delete_mod.conditional_delete(store, e.type, e.query, guard=guard)
+    current = read_mod.read(store, e.type, e.id, guard).stored if e.id else None
     if current is None:
         raise NotFound(f"{e.where}: nothing to patch")
     patched = _apply_patch(e, fhirjson.loads(current.text))
-    return update_mod.update(store, base, e.type, e.id, patched, e.if_match, method="PATCH")
+    return update_mod.update(store, base, e.type, e.id, patched, e.if_match, method="PATCH", guard=guard)

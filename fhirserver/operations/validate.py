@@ -7,6 +7,7 @@ succeeded; whether the resource is valid is in the outcome.
 from __future__ import annotations
 
 from fhirserver.errors import BadRequest, FHIRError, Issue
+from fhirserver.interactions.guard import OPEN, Guard
 from fhirserver.interactions.result import Result
 from fhirserver.resources.validation import validate_resource
 from fhirserver.store.database import Store
@@ -29,8 +30,17 @@ def _arguments(body: object) -> tuple[object, str | None]:
     return body, None
 
 
-def validate(store: Store, rtype: str, body: object, rid: str | None = None, mode: str | None = None) -> Result:
-    """Check `body` as a resource of `rtype` for `mode`; with `rid`, as that instance."""
+def validate(store: Store, rtype: str, body: object, rid: str | None = None, mode: str | None = None,
+             guard: Guard = OPEN) -> Result:
+    """Check `body` as a resource of `rtype` for `mode`; with `rid`, as that instance.
+
+    The token must be allowed to write the type (what is validated is what it could create or update), and to
+    read the instance when one is named.
+    """
+    if not (guard.allows("create", rtype) or guard.allows("update", rtype)):
+        guard.require("update", rtype)
+    if rid is not None:
+        guard.check_existing(store, "read", rtype, rid)
     resource, body_mode = _arguments(body)
     mode = mode or body_mode
     if mode is not None and mode not in MODES:

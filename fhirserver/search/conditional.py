@@ -13,12 +13,14 @@ from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
 
-def matching(store: Store, rtype: str, query: str, limit: int) -> list[Stored]:
-    """Up to `limit` current resources of `rtype` matching `query` (a query string without `?`)."""
+def matching(store: Store, rtype: str, query: str, limit: int, visible: dict | None = None) -> list[Stored]:
+    """Up to `limit` current resources of `rtype` matching `query` (a query string without `?`), among those
+    matching `visible` (what the caller's token may see)."""
     parsed = parse(rtype, query.lstrip("?"), strict=True, finder=store.reader)
     if not parsed.applied:
         raise BadRequest(f"the condition {query!r} has no search parameter to match on")
-    return store.reader.find(rtype, parsed.filter, limit)
+    found = parsed.filter if visible is None else {"$and": [parsed.filter, visible]}
+    return store.reader.find(rtype, found, limit)
 
 
 def condition_lease(rtype: str, query: str) -> str:

@@ -73,7 +73,7 @@ class Version:
 
     def history_doc(self, cid: str) -> dict:
         return {"_id": self.key, "t": self.type, "rid": self.id, "v": self.version, "ts": self.ts,
-                "text": self.text, "del": self.deleted, "m": self.method, "c": cid}
+                "text": self.text, "del": self.deleted, "m": self.method, "c": cid, "comp": self.comp}
 
     def entry(self) -> dict:
         return {"t": self.type, "id": self.id, "v": self.version, "ts": self.ts, "text": self.text,

@@ -72,11 +72,13 @@ class ResourceReader:
 
     def history(self, *, rtype: str | None = None, rid: str | None = None, since: datetime | None = None,
                 at: datetime | None = None, before: tuple[datetime, str] | None = None,
-                limit: int = 50) -> list[Stored]:
+                limit: int = 50, within: dict | None = None) -> list[Stored]:
         """Committed versions, newest first; `before` is the (ts, key) of the last record of the previous page."""
         query = _history_query(rtype, rid, since, at)
         if before:
             query["$or"] = [{"ts": {"$lt": before[0]}}, {"ts": before[0], "_id": {"$lt": before[1]}}]
+        if within is not None:
+            query = {"$and": [query, within]}
         docs = list(self.db[HISTORY].find(query).sort([("ts", -1), ("_id", -1)]).limit(limit + 5))
         pending = self.committer.pending_commit_ids(d.get("c") for d in docs)
         visible = [d for d in docs if d.get("c") not in pending][:limit]
