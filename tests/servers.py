@@ -55,7 +55,7 @@ class ServerProcess:
     def base(self) -> str:
         return f"{self.url}/fhir"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 90.0) -> ServerProcess:
         env = {**os.environ, **self.env, "FHIR_PORT": str(self.port), "FHIR_HOST": "127.0.0.1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve"], env=env,
@@ -66,9 +66,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.1)
         raise RuntimeError("server did not answer /healthz in time")
 
