@@ -9,6 +9,7 @@ import fhirserver
 from fhirserver.resources.validation import SUPPORTED_TYPES
 from fhirserver.search.extract import COMPARTMENTS
 from fhirserver.search.params import params_for
+from smart_auth.discovery import capability_security_extension
 
 SOFTWARE_NAME = "fhirserver"
 # A fixed publication date of this statement's shape; bumped when what it declares changes.
@@ -56,11 +57,13 @@ def _resource_entry(rtype: str) -> dict:
 
 
 @cache
-def capability_statement(base_url: str) -> dict:
-    """The CapabilityStatement served at `[base]/metadata` for a server at `base_url`."""
+def capability_statement(base_url: str, oauth_endpoints: tuple[tuple[str, str], ...] = ()) -> dict:
+    """The CapabilityStatement served at `[base]/metadata` for a server at `base_url`. `oauth_endpoints` (name, URL)
+    pairs of the SMART authorization server, when authorization is on, become `rest.security`: the SMART-on-FHIR
+    service coding and the `oauth-uris` extension (where SMART 1.0 clients such as Python fhirclient look)."""
     types = sorted(SUPPORTED_TYPES)
     any_params = params_for("Patient")
-    rest = {
+    rest: dict = {
         "mode": "server",
         "documentation": "FHIR R4 REST API over JSON. Chained parameters, _has, _include/_revinclude (:iterate), "
                          "_sort, _total, _summary and _elements are supported on every type.",
@@ -70,6 +73,8 @@ def capability_statement(base_url: str) -> dict:
                         for code in SYSTEM_SEARCH_PARAMS if code in any_params],
         "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c[0].lower() + c[1:]}" for c in COMPARTMENTS],
     }
+    if oauth_endpoints:
+        rest["security"] = capability_security_extension(dict(oauth_endpoints), base_url)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -158,5 +158,93 @@ def db_reindex(types: tuple[str, ...]) -> None:
     click.echo(f"re-indexed {sum(counts.values())} resources in {len(counts)} types")
 
 
+# -- SMART authorization server: users and clients -------------------------------------------------------------------
+
+
+def _auth_db(settings: Settings) -> Any:
+    """The pymongo Database of the configured server (it must be running), for the `auth` commands."""
+    from fhirserver.store.connection import connect
+
+    return connect(settings.database_uri, settings.db_name, settings.db_timeout)
+
+
+@main.group("auth")
+def auth_group() -> None:
+    """Users and OAuth clients of the SMART authorization server."""
+
+
+@auth_group.command("add-client")
+@click.option("--name", required=True, help="client name shown on the consent page")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="registered redirect URI (repeatable)")
+@click.option("--public", "kind", flag_value="public", help="public client (no secret; PKCE only)")
+@click.option("--secret", "kind", flag_value="secret", default=True,
+              help="confidential client with a generated secret (client_secret_basic; the default)")
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False),
+              help="confidential-asymmetric client (private_key_jwt) with this public JWK Set file")
+@click.option("--jwks-uri", help="confidential-asymmetric client whose public keys are at this https URL")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="allowed scopes, space-separated or repeated (e.g. 'launch/patient patient/*.rs openid')")
+@click.option("--backend", is_flag=True, help="SMART Backend Services client (client_credentials; needs --jwks)")
+@click.option("--launch-uri", default=None, help="the app's EHR launch URL")
+@click.option("--client-id", default=None, help="choose the client_id instead of a generated one")
+def auth_add_client(name: str, redirect_uris: tuple[str, ...], kind: str, jwks_file: str | None,
+                    jwks_uri: str | None, scopes: tuple[str, ...], backend: bool, launch_uri: str | None,
+                    client_id: str | None) -> None:
+    """Register an OAuth client as an administrator; prints the registration (client_id, and the secret once)."""
+    from smart_auth.clients import ClientRegistry, RegistrationError
+
+    if jwks_file or jwks_uri:
+        method = "private_key_jwt"
+    else:
+        method = "none" if kind == "public" else "client_secret_basic"
+    grants = ["client_credentials"] if backend else ["authorization_code", "refresh_token"]
+    metadata: dict[str, Any] = {
+        "client_name": name, "token_endpoint_auth_method": method, "grant_types": grants,
+        "scope": " ".join(" ".join(scopes).split()),
+    }
+    if redirect_uris:
+        metadata["redirect_uris"] = list(redirect_uris)
+    if jwks_file:
+        with open(jwks_file, encoding="utf-8") as fh:
+            metadata["jwks"] = json.load(fh)
+    if jwks_uri:
+        metadata["jwks_uri"] = jwks_uri
+    if launch_uri:
+        metadata["launch_uri"] = launch_uri
+    if client_id:
+        metadata["client_id"] = client_id
+    try:
+        client, secret = ClientRegistry(_auth_db(_settings())).register(metadata, admin=True)
+    except RegistrationError as exc:
+        click.echo(f"fhirserver: {exc.description}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(client.registration_response(secret), indent=2))
+    if secret:
+        click.echo("The client_secret is shown only now; store it safely.", err=True)
+
+
+@auth_group.command("add-user")
+@click.argument("username")
+@click.option("--fhir-user", required=True, help="the user's FHIR resource, e.g. Patient/123 or Practitioner/9")
+@click.option("--admin", is_flag=True, help="give the user the admin role (client registration, launches)")
+@click.option("--email", default=None, help="address for password reset links")
+@click.option("--display", default=None, help="name shown on the sign-in pages")
+@click.option("--password-env", default="FHIR_USER_PASSWORD", show_default=True,
+              help="environment variable holding the password (asked for when unset)")
+def auth_add_user(username: str, fhir_user: str, admin: bool, email: str | None, display: str | None,
+                  password_env: str) -> None:
+    """Create a user account linked to a FHIR resource (password from the environment or a prompt)."""
+    from smart_auth.users import UserError, UserStore
+
+    password = os.environ.get(password_env) or click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = UserStore(_auth_db(_settings())).create_user(
+            username, password, fhir_user, email=email, roles=["admin"] if admin else [], display=display)
+    except UserError as exc:
+        click.echo(f"fhirserver: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"username": user.username, "fhirUser": user.fhir_user, "roles": list(user.roles)}))
+
+
 if __name__ == "__main__":
     main()

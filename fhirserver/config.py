@@ -124,7 +124,7 @@ SETTINGS: dict[str, Setting] = {
     "page_size": Setting("FHIR_PAGE_SIZE", "50", _positive_int, "default _count of searches and history"),
     "page_max": Setting("FHIR_PAGE_MAX", "1000", _positive_int, "largest _count honoured"),
     "auth": Setting(
-        "FHIR_AUTH", "off", _choice(("on", "off")),
+        "FHIR_AUTH", "on", _choice(("on", "off")),
         "on: every FHIR request needs a SMART access token; off: no authorization (local development only)",
     ),
     "log_level": Setting("FHIR_LOG_LEVEL", "INFO", _choice(LOG_LEVELS, upper=True), "log level"),

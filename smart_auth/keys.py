@@ -34,7 +34,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 KEYS = "auth_keys"
-ALGORITHMS: tuple[str, ...] = ("RS384", "ES384")
+# RS256 signs id_tokens (OpenID Connect Core 1.0 §15.1: RS256 MUST be supported; SMART 2.2 id_tokens);
+# RS384 and ES384 sign everything else.
+ALGORITHMS: tuple[str, ...] = ("RS384", "ES384", "RS256")
 DEFAULT_ALG = "RS384"
 
 Clock = Callable[[], float]
@@ -60,7 +62,7 @@ class SigningKey:
 def generate_key(alg: str, rsa_bits: int = 2048) -> JWTKey:
     """A fresh private key for `alg` with `kid` = its RFC 7638 thumbprint, `use` = sig."""
     params: dict[str, Any] = {"alg": alg, "use": "sig"}
-    if alg == "RS384":
+    if alg in ("RS384", "RS256"):
         return RSAKey.generate_key(rsa_bits, parameters=params, private=True, auto_kid=True)
     if alg == "ES384":
         # RFC 7518 §3.4: ES384 is ECDSA using P-384 and SHA-384.
@@ -69,7 +71,7 @@ def generate_key(alg: str, rsa_bits: int = 2048) -> JWTKey:
 
 
 def _load(doc: Mapping[str, Any]) -> SigningKey:
-    key_cls = RSAKey if doc["alg"] == "RS384" else ECKey
+    key_cls = RSAKey if doc["alg"].startswith("RS") else ECKey
     return SigningKey(
         kid=doc["_id"], alg=doc["alg"], key=key_cls.import_key(dict(doc["jwk"])), created=doc["created"],
         retire_after=doc["retire_after"], expires_publish_at=doc["expires_publish_at"],

@@ -15,7 +15,7 @@ def test_defaults():
     s = Settings.from_env({})
     assert s.port == 8080 and s.host == "127.0.0.1"
     assert s.base_url == "http://127.0.0.1:8080/fhir"
-    assert s.db_backend == "sqlite" and s.embedded_database
+    assert s.db_backend == "sqlite" and s.embedded_database and s.auth == "on"
     assert s.database_uri == "mongodb://127.0.0.1:27027/"
 
 
