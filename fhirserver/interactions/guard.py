@@ -11,7 +11,7 @@ from functools import cache
 
 from conformance.definitions import compartment_params
 from fhirserver.errors import Forbidden, NotFound
-from fhirserver.search.query import parse
+from fhirserver.search.query import all_of, parse
 from fhirserver.store.commit import Version
 from fhirserver.store.database import Store
 from smart_auth.access import Access
@@ -57,10 +57,12 @@ class Guard:
             if rule.compartments is not None and in_patient_compartment(rtype):
                 clauses.append({"comp": {"$in": list(rule.compartments)}})
             if rule.constraint:
-                clauses += parse(rtype, list(rule.constraint), strict=True).filter.get("$and", [])
+                constraint = dict(parse(rtype, list(rule.constraint), strict=True).filter)
+                constraint.pop("del", None)
+                clauses.append(constraint)
             if not clauses:
                 return None  # this scope reaches every resource of the type
-            alternatives.append(clauses[0] if len(clauses) == 1 else {"$and": clauses})
+            alternatives.append(all_of(*clauses))
         if not alternatives:
             return NOTHING
         return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
@@ -74,15 +76,14 @@ class Guard:
     def restrict(self, interaction: str, rtype: str, query: dict) -> dict:
         """`query` narrowed to what the token may reach (403 when the interaction is not allowed at all)."""
         self.require(interaction, rtype)
-        extra = self.visibility(interaction, rtype)
-        return query if extra is None else {"$and": [query, extra]}
+        return all_of(query, self.visibility(interaction, rtype))
 
     def can_reach(self, store: Store, interaction: str, rtype: str, rid: str) -> bool:
         """Whether the current resource `rtype/rid` is inside what the token may reach."""
         extra = self.visibility(interaction, rtype)
         if extra is None:
             return True
-        return bool(store.reader.find_raw(rtype, {"$and": [{"_id": rid}, extra]}, {"_id": 1}, 1))
+        return bool(store.reader.find_raw(rtype, all_of({"_id": rid}, extra), {"_id": 1}, 1))
 
     def check_existing(self, store: Store, interaction: str, rtype: str, rid: str) -> None:
         """404 when the resource exists but lies outside what the token may reach (403 for a denied type)."""
@@ -112,8 +113,7 @@ class GuardedFinder:
         self.guard = guard
 
     def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0) -> list[dict]:
-        extra = self.guard.reachable("search", rtype)
-        return self.reader.find_raw(rtype, query if extra is None else {"$and": [query, extra]}, projection, limit)
+        return self.reader.find_raw(rtype, all_of(query, self.guard.reachable("search", rtype)), projection, limit)
 
     def variants(self, rtype: str) -> dict[str, int]:
         return self.reader.variants(rtype)

@@ -19,7 +19,7 @@ from fhirserver.interactions.result import Result
 from fhirserver.interactions.shaping import parse_elements, parse_summary, shape
 from fhirserver.resources.validation import check_type
 from fhirserver.search.include import IncludePlan, includes_from_query, resolve_includes
-from fhirserver.search.query import Parsed, parse
+from fhirserver.search.query import Parsed, all_of, parse
 from fhirserver.search.sort import cursor_after, keyset_filter, mongo_sort, parse_sort
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
@@ -80,7 +80,7 @@ def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str
     path = f"{base}/{rtype}"
     if compartment is not None:
         ctype, cid = compartment
-        query_filter = {**query_filter, "comp": f"{ctype}/{cid}"}
+        query_filter = all_of(query_filter, {"comp": f"{ctype}/{cid}"})
         path = f"{base}/{ctype}/{cid}/{rtype}"
     plan = includes_from_query(rtype, [(k, v) for k, vs in parsed.control.items() for v in vs
                                        if k.split(":")[0] in ("_include", "_revinclude")])
@@ -88,7 +88,7 @@ def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str
 
     def fetch(cursor: str | None, limit: int) -> tuple[list[Stored], str | None]:
         """One page in `_sort` order after `cursor` (keyset), and the cursor of its last entry."""
-        page_filter = {"$and": [query_filter, keyset_filter(keys, cursor)]} if cursor else query_filter
+        page_filter = all_of(query_filter, keyset_filter(keys, cursor)) if cursor else query_filter
         found = store.reader.find(rtype, page_filter, limit + 1, mongo_sort(keys))
         if len(found) <= limit or not limit:
             return found[:limit], None
@@ -137,7 +137,7 @@ def system_search(store: Store, base: str, query: list[tuple[str, str]], paging:
             if cursor and wanted.index(rtype) < wanted.index(after_type):
                 continue
             if cursor and rtype == after_type:
-                type_filter = {"$and": [type_filter, {"_id": {"$gt": after_id}}]}
+                type_filter = all_of(type_filter, {"_id": {"$gt": after_id}})
             page += store.reader.find(rtype, type_filter, limit + 1 - len(page))
             if len(page) > limit:
                 break

@@ -8,7 +8,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode
 
 from fhirserver.errors import BadRequest
-from fhirserver.search.query import parse
+from fhirserver.search.query import all_of, parse
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
@@ -19,7 +19,7 @@ def matching(store: Store, rtype: str, query: str, limit: int, visible: dict | N
     parsed = parse(rtype, query.lstrip("?"), strict=True, finder=store.reader)
     if not parsed.applied:
         raise BadRequest(f"the condition {query!r} has no search parameter to match on")
-    found = parsed.filter if visible is None else {"$and": [parsed.filter, visible]}
+    found = all_of(parsed.filter, visible)
     return store.reader.find(rtype, found, limit)
 
 

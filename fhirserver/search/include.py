@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from conformance.definitions import resource_types
 from fhirserver.errors import BadRequest
 from fhirserver.search.params import params_for
+from fhirserver.search.query import all_of
 from fhirserver.store.resources import Stored
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class _Collector:
         extra = self.restrict(rtype)
         if extra is None:
             return None
-        return {"$and": [query, extra]} if extra else query
+        return all_of(query, extra) if extra else query
 
     def fetch(self, rtype: str, query: dict) -> list[Stored]:
         """One ``find``; records and returns the resources not seen before."""

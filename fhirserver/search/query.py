@@ -66,6 +66,28 @@ class Cond:
     negate: bool = False
 
 
+def all_of(*filters: dict | None) -> dict:
+    """The conjunction of MongoDB filters as one flat document where keys do not collide, `$and` only for the rest.
+
+    FerretDB evaluates a flat filter far faster than the same conditions nested in `$and` (measured in bench/).
+    """
+    merged: dict = {}
+    rest: list[dict] = []
+    for f in filters:
+        if not f:
+            continue
+        for key, value in f.items():
+            if key == "$and":
+                rest += value
+            elif key in merged:
+                rest.append({key: value})
+            else:
+                merged[key] = value
+    if rest:
+        merged["$and"] = rest
+    return merged
+
+
 def split_values(raw: str) -> list[str]:
     """Values separated by unescaped commas; `\\,` is a literal comma."""
     return [p.replace("\\,", ",") for p in re.split(r"(?<!\\),", raw)]
@@ -110,12 +132,17 @@ def _reference(param: SearchParam, modifier: str | None, value: str, base: str) 
         return [Cond(":identifier", value.replace("\\|", "|"))]
     if base and value.startswith(base + "/"):
         value = value[len(base) + 1:]
-    if "/" in value or ":" in value:
+    if ":" in value:
         return [Cond("", value)]
     targets = [modifier] if modifier else list(param.targets)
-    if len(targets) == 1:
-        return [Cond("", f"{targets[0]}/{value}")]
-    return [Cond("", {"$in": [f"{t}/{value}" for t in targets] or [value]})]
+    refs = [value] if "/" in value else [f"{t}/{value}" for t in targets] or [value]
+    # "A relative reference resolving to the same value as a specified absolute URL, or vice versa, qualifies as a
+    # match" (R4 search 3.1.1.4.12): stored references may be written absolute on this server's base.
+    forms = refs + ([f"{base}/{r}" for r in refs] if base else [])
+    return [Cond("", forms[0] if len(forms) == 1 else {"$in": forms})]
+
+
+_OFFSET = re.compile(r"T.*[+-](\d\d):(\d\d)$")
 
 
 def _date_clause(prefix: str, lo: datetime, hi: datetime) -> dict:
@@ -136,7 +163,8 @@ def _date_clause(prefix: str, lo: datetime, hi: datetime) -> dict:
 
 def _date(name: str, value: str) -> list[Cond]:
     prefix, text = _split_prefix(value)
-    bounds = date_range(text)
+    offset = _OFFSET.search(text)
+    bounds = date_range(text) if not offset or int(offset.group(1)) * 60 + int(offset.group(2)) <= 14 * 60 else None
     if bounds is None:
         raise _bad(name, f"{value!r} is not a valid date, dateTime or instant (with an optional prefix)")
     lo, hi = bounds
@@ -378,8 +406,5 @@ def parse(rtype: str, query: str | list[tuple[str, str]], base: str = "", strict
             continue
         clauses.append(clause)
         out.applied.append((name, raw))
-    base_filter: dict = {"del": False}
-    if clauses:
-        base_filter["$and"] = clauses
-    out.filter = base_filter
+    out.filter = all_of({"del": False}, *clauses)
     return out
