@@ -10,7 +10,7 @@ import orjson
 
 from fhirserver.errors import BadRequest, Forbidden, NotFound
 from fhirserver.interactions.guard import OPEN, Guard, in_patient_compartment
-from fhirserver.interactions.result import Result, http_date
+from fhirserver.interactions.result import Result, instant
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
@@ -52,7 +52,7 @@ def _entry(base: str, s: Stored) -> dict:
         entry["resource"] = orjson.Fragment(s.text.encode())
     entry["request"] = {"method": method, "url": s.type if method == "POST" else f"{s.type}/{s.id}"}
     entry["response"] = {"status": REQUEST_STATUS.get(method, "200 OK"), "etag": f'W/"{s.version}"',
-                         "lastModified": http_date(s.ts)}
+                         "lastModified": instant(s.ts)}
     return entry
 
 

@@ -8,6 +8,11 @@ from datetime import datetime
 from fhirserver.store.resources import Stored
 
 
+def instant(ts: datetime) -> str:
+    """FHIR instant text of a UTC time, millisecond precision (meta.lastUpdated, Bundle response.lastModified)."""
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
 def http_date(ts: datetime) -> str:
     """RFC 7231 date for Last-Modified."""
     return ts.strftime("%a, %d %b %Y %H:%M:%S GMT")

@@ -24,7 +24,7 @@ from fhirserver.interactions import read as read_mod
 from fhirserver.interactions import update as update_mod
 from fhirserver.interactions.guard import OPEN, Guard
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
-from fhirserver.interactions.result import Result, http_date
+from fhirserver.interactions.result import Result, instant
 from fhirserver.interactions.versions import ensure_indexes, make_version, next_timestamp, stored_of
 from fhirserver.resources.validation import SUPPORTED_TYPES, check_type, validate_resource
 from fhirserver.search.conditional import condition_lease, matching
@@ -340,12 +340,12 @@ def _response_entry(e: Entry, base: str) -> dict:
     if e.method == "POST" and e.existing:
         s = e.existing
         response = {"status": "200 OK", "location": f"{base}/{s.type}/{s.id}/_history/{s.version}",
-                    "etag": f'W/"{s.version}"', "lastModified": http_date(s.ts)}
+                    "etag": f'W/"{s.version}"', "lastModified": instant(s.ts)}
         body = orjson.Fragment(s.text.encode())
     elif e.version is not None:
         s = stored_of(e.version)
         status = 201 if e.method == "POST" or e.extra.get("created") else (204 if s.deleted else 200)
-        response = {"status": STATUS_TEXT[status], "etag": f'W/"{s.version}"', "lastModified": http_date(s.ts)}
+        response = {"status": STATUS_TEXT[status], "etag": f'W/"{s.version}"', "lastModified": instant(s.ts)}
         if not s.deleted:
             response["location"] = f"{base}/{s.type}/{s.id}/_history/{s.version}"
             body = orjson.Fragment(s.text.encode())
@@ -355,7 +355,7 @@ def _response_entry(e: Entry, base: str) -> dict:
         response = {"status": STATUS_TEXT.get(e.outcome.status, str(e.outcome.status))}
         if e.outcome.stored is not None:
             s = e.outcome.stored
-            response.update(etag=f'W/"{s.version}"', lastModified=http_date(s.ts))
+            response.update(etag=f'W/"{s.version}"', lastModified=instant(s.ts))
             body = orjson.Fragment(s.text.encode())
         elif e.outcome.body is not None:
             body = e.outcome.body
@@ -397,7 +397,7 @@ def _batch_entry(result: Result, base: str) -> dict:
         s = result.stored
         entry["fullUrl"] = f"{base}/{s.type}/{s.id}"
         entry["resource"] = orjson.Fragment(s.text.encode())
-        response.update(etag=f'W/"{s.version}"', lastModified=http_date(s.ts))
+        response.update(etag=f'W/"{s.version}"', lastModified=instant(s.ts))
     elif result.body is not None:
         if result.status >= 400:
             response["outcome"] = result.body

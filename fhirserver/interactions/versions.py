@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from fhirserver import fhirjson
 from fhirserver.errors import Conflict, FHIRError, PreconditionFailed, Unprocessable
+from fhirserver.interactions.result import instant
 from fhirserver.resources.validation import validate_resource
 from fhirserver.search.extract import compartments, extract_index
 from fhirserver.search.indexing import search_indexes
@@ -16,11 +17,6 @@ from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
 MAX_ATTEMPTS = 30
-
-
-def instant(ts: datetime) -> str:
-    """FHIR instant text of a UTC time, millisecond precision."""
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def next_timestamp(current: Stored | None) -> datetime:

@@ -37,6 +37,7 @@ Formats by parameter type:
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,8 @@ from conformance.definitions import compartment_params
 
 from .params import Item, SearchParam, indexed_params
 
+log = logging.getLogger("fhirserver.search.extract")
+_REPORTED: set[tuple[str, str]] = set()
 COMPARTMENTS = ("Patient", "Encounter", "Practitioner", "RelatedPerson", "Device")
 SPREAD_TYPES = frozenset({"date", "number", "quantity", "composite"})
 RANGE_TYPES = frozenset({"date", "number", "quantity"})
@@ -82,7 +85,11 @@ def extract_index(resource: dict) -> dict[str, list]:
         return {}
     idx: dict[str, list] = {}
     for param in indexed_params(resource_type):
-        items = param.evaluate(resource, resource_type, resource)
+        try:
+            items = param.evaluate(resource, resource_type, resource)
+        except Exception as exc:  # noqa: BLE001 - fhirpathpy lacks some functions (hasExtension): skip that one
+            _unindexable(resource_type, param.code, exc)
+            continue
         if not items:
             continue
         if param.type == "composite":
@@ -100,6 +107,13 @@ def extract_index(resource: dict) -> dict[str, list]:
             else:
                 idx[param.code + suffix] = found
     return idx
+
+
+def _unindexable(resource_type: str, code: str, exc: Exception) -> None:
+    """Log (once per parameter) a parameter whose official expression cannot be evaluated here."""
+    if (resource_type, code) not in _REPORTED:
+        _REPORTED.add((resource_type, code))
+        log.warning("search parameter not indexed", extra={"type": resource_type, "param": code, "error": str(exc)})
 
 
 def variant_key(code: str, n: int) -> str:

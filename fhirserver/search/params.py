@@ -106,6 +106,8 @@ def _build(resource_type: str, code: str, definition: dict) -> SearchParam | Non
     expression = definition.get("expression")
     if ptype == "special" or code in NOT_INDEXED or not expression:
         return None
+    # fhirpathpy lacks hasExtension(url); FHIRPath defines it as extension.where(url = …).exists()
+    expression = _HAS_EXTENSION.sub(r"extension.where(url = \1).exists()", expression)
     branches = branches_for(expression, resource_type)
     if not branches:
         return None
@@ -127,6 +129,9 @@ def _build(resource_type: str, code: str, definition: dict) -> SearchParam | Non
         components=components,
         fast=fast,
     )
+
+
+_HAS_EXTENSION = re.compile(r"hasExtension\(('[^']*')\)")
 
 
 @cache
