@@ -262,6 +262,36 @@ def test_primitive_extension_content_is_checked() -> None:
     assert expressions(issues_of(resource)) == ["Patient.birthDate.extension[0].valueBoolean"]
 
 
+def test_extension_value_primitive_extension() -> None:
+    """Extension.valueString may carry _valueString (the R4 CodeSystem v2-0061 does): walked, checked, allowed.
+
+    fhir.resources' Extension model has no ``_value[x]`` fields, so pydantic alone would call it unknown.
+    """
+    translation = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/translation",
+                                  "extension": [{"url": "lang", "valueCode": "nl"},
+                                                {"url": "content", "valueString": "Een nummer"}]}]}
+    comment = {"url": "http://hl7.org/fhir/StructureDefinition/codesystem-concept-comments",
+               "valueString": "A number", "_valueString": translation}
+    assert issues_of(changed(PATIENT, lambda r: r.update(extension=[comment]))) == []
+    only_extension = {"url": "http://x", "_valueCode": {"extension": [{"url": "http://y", "valueInteger": 1}]}}
+    assert issues_of(changed(PATIENT, lambda r: r.update(extension=[only_extension]))) == []
+
+    bad_content = {**comment, "_valueString": {"extension": [{"valueCode": True}], "colour": "red"}}
+    assert expressions(issues_of(changed(PATIENT, lambda r: r.update(extension=[bad_content])))) == [
+        "Patient.extension[0].valueString.extension[0].valueCode",
+        "Patient.extension[0].valueString.colour",
+    ]
+    no_url = {**comment, "_valueString": {"extension": [{"valueCode": "nl"}]}}  # pydantic's check, run apart
+    assert expressions(issues_of(changed(PATIENT, lambda r: r.update(extension=[no_url])))) == [
+        "Patient.extension[0].valueString.extension[0].url"]
+    two_values = {"url": "http://x", "valueString": "a", "_valueCode": {"id": "c1"}}
+    issue = only(issues_of(changed(PATIENT, lambda r: r.update(extension=[two_values]))))
+    assert (issue.code, issue.expression) == ("structure", ["Patient.extension[0].value[x]"])
+    not_primitive = {"url": "http://x", "valueCoding": {"code": "a"}, "_valueCoding": {"id": "c1"}}
+    issue = only(issues_of(changed(PATIENT, lambda r: r.update(extension=[not_primitive]))))
+    assert issue.expression == ["Patient.extension[0]._valueCoding"]
+
+
 # ---------------------------------------------------------------------------
 # URL agreement and types
 
