@@ -91,6 +91,6 @@ class ServerProcess:
 def serve(db_uri: str, log: Path, **env: str) -> ServerProcess:
     """Start the server against the MongoDB at `db_uri`."""
     settings = {"MONGODB_URI": db_uri, "FHIR_DB_NAME": "fhirtest", "FHIR_WORKERS": "1", "FHIR_LOG_LEVEL": "INFO",
-                "FHIR_DB_TIMEOUT": "1", "FHIR_AUTH": "off"}  # FHIR behaviour tests; SMART tests turn it on
+                "FHIR_DB_TIMEOUT": "5", "FHIR_AUTH": "off"}  # FHIR behaviour tests; SMART tests turn it on
     settings.update(env)
     return ServerProcess(env=settings, log=log).start()

@@ -20,7 +20,7 @@ def _wait_status(url: str, status: int, timeout: float = 30.0) -> requests.Respo
 
 def test_database_outage_gives_503_and_recovers(tmp_path):
     db = start_ferretdb(tmp_path / "db")
-    server = serve(db.uri, tmp_path / "server.log")
+    server = serve(db.uri, tmp_path / "server.log", FHIR_DB_TIMEOUT="1")
     try:
         assert requests.get(f"{server.url}/readyz").status_code == 200
         db.stop()
@@ -44,7 +44,7 @@ def test_database_outage_gives_503_and_recovers(tmp_path):
 def test_server_starts_while_database_is_down_and_recovers(tmp_path):
     db = start_ferretdb(tmp_path / "db")
     db.stop()
-    server = serve(db.uri, tmp_path / "server.log")
+    server = serve(db.uri, tmp_path / "server.log", FHIR_DB_TIMEOUT="1")
     try:
         assert requests.get(f"{server.url}/readyz").status_code == 503
         db.start()

@@ -10,7 +10,7 @@ import requests
 
 from fhirserver import fhirjson
 from tests.fhir import post
-from tests.servers import REPO
+from tests.servers import REPO, serve
 
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea-r4"
 FIRST = ["hospitalInformation1559319163815.json", "practitionerInformation1559319163815.json"]
@@ -36,6 +36,15 @@ def _strip(resource: dict) -> dict:
 
 
 LOADED: dict[str, list[dict]] = {}  # resource type -> stored resources (set by the round-trip test)
+
+
+@pytest.fixture(scope="module")
+def server(ferretdb, tmp_path_factory):
+    """A server on a database of its own: 2,351 resources would slow the shared one for every later test."""
+    proc = serve(ferretdb.uri, tmp_path_factory.mktemp("synthea") / "server.log", FHIR_DB_NAME="synthea",
+                 FHIR_DB_TIMEOUT="5")
+    yield proc
+    proc.stop()
 
 
 def test_synthea_transactions_round_trip(server):
