@@ -150,20 +150,28 @@ def test_search_indexes_exist(server, ferretdb, world):
     assert "could not create indexes" not in server.log.read_text()
 
 
-def test_reindex_command_restores_the_index(server, ferretdb, world):
+def test_reindex_command_restores_the_index(ferretdb, tmp_path):
     import os
     import subprocess
     import sys
 
     from pymongo import MongoClient
 
-    coll = MongoClient(ferretdb.uri).fhirtest.Observation
-    target = world["obs"][2]
-    coll.update_one({"_id": target}, {"$set": {"idx": {}, "srt": {}}})
-    assert target not in _ids(_get(server, "Observation", code="718-7"))
-    env = {**os.environ, "MONGODB_URI": ferretdb.uri, "FHIR_DB_NAME": "fhirtest"}
-    done = subprocess.run([sys.executable, "-m", "fhirserver.cli", "db", "reindex", "--type", "Observation"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "re-indexed" in done.stdout
-    assert target in _ids(_get(server, "Observation", code="718-7"))
+    from tests.servers import serve
+
+    own = serve(ferretdb.uri, tmp_path / "server.log", FHIR_DB_NAME="reindex")
+    try:
+        ids = [post(own.base, "Observation", {"resourceType": "Observation", "status": "final",
+                                              "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+                    ).json()["id"] for code in ("718-7", "2339-0", "718-7")]
+        coll = MongoClient(ferretdb.uri).reindex.Observation
+        coll.update_one({"_id": ids[0]}, {"$set": {"idx": {}, "srt": {}}})
+        assert _ids(_get(own, "Observation", code="718-7")) == {ids[2]}
+        env = {**os.environ, "MONGODB_URI": ferretdb.uri, "FHIR_DB_NAME": "reindex"}
+        done = subprocess.run([sys.executable, "-m", "fhirserver.cli", "db", "reindex", "--type", "Observation"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "re-indexed" in done.stdout
+        assert _ids(_get(own, "Observation", code="718-7")) == {ids[0], ids[2]}
+    finally:
+        own.stop()

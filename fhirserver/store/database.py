@@ -56,12 +56,16 @@ class Store:
     def set_index(self, rtype: str, items: list[tuple[str, int, dict, list[str], dict]]) -> int:
         """Replace idx, comp and srt of current documents still at the given version; return how many changed.
 
-        A writer that committed a newer version meanwhile wrote its own index, so a version mismatch is skipped.
+        Updates filter on `_id` alone: FerretDB pushes only `_id` equality down to SQLite, and a filter with the
+        version too scans the whole collection per document. A writer that commits a newer version between the
+        scan and this update may have its index overwritten by the older one: run reindex when writes are quiet.
         """
         for _, _, idx, _, _ in items:
             self.committer.variants.record(rtype, idx)
-        ops = [UpdateOne({"_id": rid, "v": v}, {"$set": {"idx": idx, "comp": comp, "srt": srt}})
-               for rid, v, idx, comp, srt in items]
+        current = {d["_id"]: d["v"] for d in self.reader.find_raw(rtype, {"_id": {"$in": [i[0] for i in items]}},
+                                                                   {"v": 1})}
+        ops = [UpdateOne({"_id": rid}, {"$set": {"idx": idx, "comp": comp, "srt": srt}})
+               for rid, v, idx, comp, srt in items if current.get(rid) == v]
         return self.db[rtype].bulk_write(ops, ordered=False).modified_count if ops else 0
 
     def resource_types(self) -> list[str]:
