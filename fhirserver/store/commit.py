@@ -183,12 +183,16 @@ class Committer:
             if fresh:
                 _insert_ignoring_duplicates(coll, [v.current_doc() for v in fresh])
             if later:
-                ops = [ReplaceOne({"_id": v.id, "v": {"$lt": v.version}}, v.current_doc()) for v in later]
-                if coll.bulk_write(ops, ordered=False).matched_count < len(later):
-                    present = {d["_id"] for d in coll.find({"_id": {"$in": [v.id for v in later]}}, {"_id": 1})}
-                    missing = [v.current_doc() for v in later if v.id not in present]
-                    if missing:
-                        _insert_ignoring_duplicates(coll, missing)
+                # Filter by _id alone: FerretDB scans the whole collection for any other filter. Its conditional
+                # replace is read-then-write anyway (DESIGN.md, "Atomicity"), so reading v first loses nothing.
+                current = {v.id: coll.find_one({"_id": v.id}, {"v": 1}) for v in later}
+                ops = [ReplaceOne({"_id": v.id}, v.current_doc()) for v in later
+                       if current[v.id] is not None and current[v.id]["v"] < v.version]
+                if ops:
+                    coll.bulk_write(ops, ordered=False)
+                missing = [v.current_doc() for v in later if current[v.id] is None]
+                if missing:
+                    _insert_ignoring_duplicates(coll, missing)
 
     def _forget(self, cid: str, record: dict) -> None:
         """Delete the commit's bookkeeping; its history records become visible."""
