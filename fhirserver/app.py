@@ -6,7 +6,7 @@ from flask import Flask
 
 import smart_auth
 from conformance.capability import capability_statement
-from fhirserver import logs
+from fhirserver import dbserver, logs
 from fhirserver.api import auditing, auth, errors, fhir, ops
 from fhirserver.api.metadata import oauth_endpoints
 from fhirserver.api.smart import discovery
@@ -25,7 +25,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
     app.extensions["fhir.settings"] = settings
     store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
-    store.maintain(interval=min(settings.commit_timeout / 3, 10.0), index_models=search_indexes)
+    store.maintain(interval=min(settings.commit_timeout / 3, 10.0), index_models=search_indexes,
+                   native_indexes=dbserver.native_indexer(settings))
     app.extensions["fhir.store"] = store
     authz = smart_auth.init_app(app, store.db, settings,
                                 patients_for=lambda user: proxies.patients_for(store, user.username, user.fhir_user))

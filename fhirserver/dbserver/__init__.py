@@ -5,13 +5,16 @@ Production sets MONGODB_URI and none of this runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fhirserver.config import Settings
 from fhirserver.dbserver.ferretdb import FERRETDB_VERSION, FerretDB, build_ferretdb
+from fhirserver.dbserver.pgindexes import mirror
 from fhirserver.dbserver.postgres import PostgreSQL
 
-__all__ = ["FERRETDB_VERSION", "FerretDB", "PostgreSQL", "build_ferretdb", "embedded", "start", "stop", "status"]
+__all__ = ["FERRETDB_VERSION", "FerretDB", "PostgreSQL", "build_ferretdb", "embedded", "native_indexer", "start",
+           "stop", "status"]
 
 
 def _ferretdb(settings: Settings) -> FerretDB:
@@ -45,7 +48,17 @@ def start(settings: Settings) -> str:
         pg.create_database("ferretdb")
     db = _ferretdb(settings)
     db.start()
+    if settings.db_backend == "postgresql":
+        mirror(_postgres(settings))
     return db.uri
+
+
+def native_indexer(settings: Settings) -> Callable[[], list[str]] | None:
+    """What keeps GIN indexes beside FerretDB's on the embedded PostgreSQL (pgindexes.mirror); None otherwise."""
+    if not settings.embedded_database or settings.db_backend != "postgresql":
+        return None
+    pg = _postgres(settings)
+    return lambda: mirror(pg)
 
 
 def stop(settings: Settings) -> None:

@@ -120,6 +120,9 @@ class FerretDB:
             str(self.binary), f"--handler={self.handler}", f"--listen-addr=127.0.0.1:{self.port}",
             f"--state-dir={self.state}", "--debug-addr=-", "--telemetry=disable", "--log-format=json",
             "--log-level=WARN",
+            # Push equality on dotted paths (`idx.patient`) down to SQL too, not only top-level keys: the search
+            # index lives under `idx`. FerretDB still applies the whole filter itself afterwards.
+            "--test-enable-nested-pushdown",
         ]
         if self.handler == "sqlite":
             args.append(f"--sqlite-url=file:{self.state / 'data'}/")

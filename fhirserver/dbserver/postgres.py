@@ -106,13 +106,17 @@ class PostgreSQL:
         self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-o", options,
                    "-w", "-t", str(int(timeout)), "start"])
 
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run one SQL statement with psql (outside a transaction block); its unaligned output."""
+        bindir = ensure_installed()
+        psql = [str(bindir / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-tA",
+                "-v", "ON_ERROR_STOP=1", "-d", database]
+        return self._run([*psql, "-c", statement]).stdout
+
     def create_database(self, name: str) -> None:
         """Create database `name` unless it exists."""
-        bindir = ensure_installed()
-        psql = [str(bindir / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-tA"]
-        found = self._run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]).stdout.strip()
-        if found != "1":
-            self._run([*psql, "-c", f'CREATE DATABASE "{name}"'])
+        if self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip() != "1":
+            self.sql(f'CREATE DATABASE "{name}"')
 
     def stop(self) -> None:
         """Stop the cluster if it runs (fast shutdown)."""

@@ -14,6 +14,7 @@ from fhirserver.errors import Forbidden, NotFound
 from fhirserver.search.query import all_of, parse
 from fhirserver.store.commit import Version
 from fhirserver.store.database import Store
+from fhirserver.store.variants import Shapes
 from smart_auth.access import Access
 
 NOTHING: dict = {"_id": {"$in": []}}
@@ -115,8 +116,8 @@ class GuardedFinder:
     def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0) -> list[dict]:
         return self.reader.find_raw(rtype, all_of(query, self.guard.reachable("search", rtype)), projection, limit)
 
-    def variants(self, rtype: str) -> dict[str, int]:
-        return self.reader.variants(rtype)
+    def shapes(self, rtype: str) -> Shapes:
+        return self.reader.shapes(rtype)
 
 
 OPEN = Guard(Access.open())

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from fhirserver.errors import BadRequest, Issue
 from fhirserver.search.extract import date_range, normalize_string, number_range
 from fhirserver.search.params import SearchParam, params_for
+from fhirserver.store.variants import Shapes
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Result parameters and others that are not filters: handled by the search interaction, not compiled here.
@@ -39,7 +40,7 @@ class Finder(Protocol):
 
     def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0) -> list[dict]: ...
 
-    def variants(self, rtype: str) -> dict[str, int]: ...
+    def shapes(self, rtype: str) -> Shapes: ...
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _string(modifier: str | None, value: str) -> list[Cond]:
     return [Cond("", {"$regex": text if modifier == "contains" else "^" + text})]
 
 
-def _reference(param: SearchParam, modifier: str | None, value: str, base: str) -> list[Cond]:
+def _reference(param: SearchParam, modifier: str | None, value: str, base: str, shapes: Shapes | None) -> list[Cond]:
     if modifier == "identifier":
         return [Cond(":identifier", value.replace("\\|", "|"))]
     if base and value.startswith(base + "/"):
@@ -135,10 +136,15 @@ def _reference(param: SearchParam, modifier: str | None, value: str, base: str) 
     if ":" in value:
         return [Cond("", value)]
     targets = [modifier] if modifier else list(param.targets)
+    if shapes is not None and not modifier:  # only the types this parameter's stored references point to
+        present = shapes.targets.get(param.code, frozenset())
+        targets = [t for t in targets if t in present] or targets[:1]
     refs = [value] if "/" in value else [f"{t}/{value}" for t in targets] or [value]
     # "A relative reference resolving to the same value as a specified absolute URL, or vice versa, qualifies as a
-    # match" (R4 search 3.1.1.4.12): stored references may be written absolute on this server's base.
-    forms = refs + ([f"{base}/{r}" for r in refs] if base else [])
+    # match" (R4 search 3.1.1.4.12): stored references may be written absolute on this server's base. When none of
+    # this parameter's stored values is absolute, the relative forms suffice.
+    absolute = shapes is None or param.code in shapes.absolute
+    forms = refs + ([f"{base}/{r}" for r in refs] if base and absolute else [])
     return [Cond("", forms[0] if len(forms) == 1 else {"$in": forms})]
 
 
@@ -224,14 +230,15 @@ def _uri(modifier: str | None, value: str) -> list[Cond]:
 
 
 def conditions(param_type: str, param: SearchParam | None, name: str, modifier: str | None, value: str,
-               base: str) -> list[Cond]:
-    """The alternative conditions (OR) that one value of a parameter of `param_type` means."""
+               base: str, shapes: Shapes | None = None) -> list[Cond]:
+    """The alternative conditions (OR) that one value of a parameter of `param_type` means; `shapes` (when known)
+    narrows a reference to the forms stored values take."""
     if param_type == "token":
         return _token(name, modifier, value)
     if param_type == "string":
         return _string(modifier, value)
     if param_type == "reference" and param is not None:
-        return _reference(param, modifier, value, base)
+        return _reference(param, modifier, value, base, shapes)
     if param_type == "date":
         return _date(name, value)
     if param_type == "number":
@@ -334,7 +341,7 @@ def _has(rtype: str, name: str, raw: str, base: str, finder: Finder | None) -> d
 
 # -- one parameter ---------------------------------------------------------------------------------------------
 def _clause(rtype: str, name: str, raw: str, base: str, finder: Finder | None,
-            known: dict[str, SearchParam], variants: dict[str, int]) -> dict | None:
+            known: dict[str, SearchParam], shapes: Shapes | None) -> dict | None:
     """The filter of one `name=raw` pair, or None when the parameter is unknown to `rtype`."""
     if name.startswith("_has:"):
         return _has(rtype, name, raw, base, finder)
@@ -360,12 +367,13 @@ def _clause(rtype: str, name: str, raw: str, base: str, finder: Finder | None,
         if raw not in ("true", "false"):
             raise _bad(name, ":missing takes true or false")
         return {f"idx.{code}": {"$exists": raw == "false"}}
+    variants = shapes.counts if shapes is not None else {}
     ors: list[dict] = []
     for value in split_values(raw):
         if param.type == "composite":
             ors.append(_composite(param, name, value, base, variants))
             continue
-        conds = conditions(param.type, param, name, modifier, value, base)
+        conds = conditions(param.type, param, name, modifier, value, base, shapes)
         clauses = [_range_clause(code, c, variants) if c.fields else {f"idx.{code}{c.suffix}": c.test}
                    for c in conds]
         negated = any(c.negate for c in conds)
@@ -382,7 +390,7 @@ def parse(rtype: str, query: str | list[tuple[str, str]], base: str = "", strict
     """Parse and compile a search on `rtype`; unknown parameters are 400 when `strict`, else reported."""
     pairs = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else query
     known = params_for(rtype)
-    variants = finder.variants(rtype) if finder is not None else {}
+    shapes = finder.shapes(rtype) if finder is not None else None
     clauses: list[dict] = []
     out = Parsed(filter={})
     for name, raw in pairs:
@@ -394,7 +402,7 @@ def parse(rtype: str, query: str | list[tuple[str, str]], base: str = "", strict
                                      severity="warning", expression=[name]))
             continue
         try:
-            clause = _clause(rtype, name, raw, base, finder, known, variants)
+            clause = _clause(rtype, name, raw, base, finder, known, shapes)
             problem = None if clause is not None else f"unknown search parameter {name.split(':')[0]!r} for {rtype}"
         except _Unsupported as exc:
             clause, problem = None, str(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from pymongo import IndexModel, UpdateOne
@@ -34,16 +35,22 @@ class Store:
         """Raise StoreUnavailable unless the database answers."""
         check_ready(self.db)
 
-    def maintain(self, interval: float, index_models: Callable[[str], Sequence[IndexModel]] = lambda _: ()) -> None:
-        """Start the background thread: indexes once, then recovery every `interval` seconds."""
+    def maintain(self, interval: float, index_models: Callable[[str], Sequence[IndexModel]] = lambda _: (),
+                 native_indexes: Callable[[], object] | None = None, native_every: float = 60.0) -> None:
+        """Start the background thread: indexes once, then recovery every `interval` seconds, and
+        `native_indexes` (indexes the database engine needs beside the MongoDB ones) every `native_every`."""
 
         def loop() -> None:
             indexed = False
+            native_due = 0.0
             while not self._stop.is_set():
                 try:
                     if not indexed:
                         self.indexes.bookkeeping(index_models)
                         indexed = True
+                    if native_indexes is not None and time.monotonic() >= native_due:
+                        native_due = time.monotonic() + native_every
+                        native_indexes()
                     self.committer.recover()
                 except PyMongoError as exc:
                     log.warning("maintenance skipped: database unreachable", extra={"error": type(exc).__name__})

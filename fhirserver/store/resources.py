@@ -9,6 +9,7 @@ from datetime import datetime
 from pymongo.database import Database
 
 from fhirserver.store.commit import HISTORY, Committer
+from fhirserver.store.variants import Shapes
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,9 @@ class ResourceReader:
         """How many current documents match."""
         return self.db[rtype].count_documents(query)
 
-    def variants(self, rtype: str) -> dict[str, int]:
-        """How many `code~n` index keys each range or composite parameter of `rtype` may have."""
-        return self.committer.variants.counts(rtype)
+    def shapes(self, rtype: str) -> Shapes:
+        """The index key shapes that exist in `rtype` (variant keys, parameters holding absolute URLs)."""
+        return self.committer.variants.shapes(rtype)
 
     def scan(self, rtype: str, batch: int = 500) -> Iterator[list[dict]]:
         """Every current document of `rtype` (id, version, text, deleted), in `_id` order, a batch at a time."""
