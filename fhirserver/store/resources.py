@@ -49,6 +49,19 @@ def _history_query(rtype: str | None, rid: str | None, since: datetime | None, a
     return query
 
 
+ID_LOOKUPS = 200  # up to this many ids, `_id $in` is asked as one lookup per id
+
+
+def _id_list(query: dict) -> list[str] | None:
+    """The ids of a filter that is `_id $in [...]` alone or with `del: false`, when few enough; else None."""
+    ids = (query.get("_id") or {}).get("$in") if isinstance(query.get("_id"), dict) else None
+    if not isinstance(ids, list) or len(ids) > ID_LOOKUPS or set(query) - {"_id", "del"}:
+        return None
+    if "del" in query and query["del"] is not False or set(query["_id"]) != {"$in"}:
+        return None
+    return [i for i in ids if isinstance(i, str)] if all(isinstance(i, str) for i in ids) else None
+
+
 class ResourceReader:
     """Reads of current documents and history records."""
 
@@ -87,12 +100,29 @@ class ResourceReader:
 
     def find(self, rtype: str, query: dict, limit: int, sort: list[tuple[str, int]] | None = None) -> list[Stored]:
         """Current documents matching a compiled search filter, in `sort` order (default `_id`)."""
-        docs = self.db[rtype].find(query, {"idx": 0, "comp": 0, "srt": 0}).sort(sort or [("_id", 1)]).limit(limit)
+        projection = {"idx": 0, "comp": 0, "srt": 0}
+        if sort is None and (ids := _id_list(query)) is not None:
+            return [_stored(rtype, d) for d in self._by_ids(rtype, ids, projection, query)[:limit]]
+        docs = self.db[rtype].find(query, projection).sort(sort or [("_id", 1)]).limit(limit)
         return [_stored(rtype, d) for d in docs]
+
+    def _by_ids(self, rtype: str, ids: list[str], projection: dict, query: dict) -> list[dict]:
+        """`{_id: {$in: ids}[, del: false]}` as one `_id` lookup per id, in `_id` order: FerretDB pushes `_id`
+        equality alone down to SQL, never `$in`, so the list form reads the whole collection."""
+        keep_deleted = "del" not in query
+        if any(v == 0 for v in projection.values()):
+            fields = projection
+        else:
+            fields = {**projection, "del": 1}
+        docs = (self.db[rtype].find_one({"_id": rid}, fields) for rid in sorted(set(ids)))
+        return [d for d in docs if d is not None and (keep_deleted or not d.get("del"))]
 
     def find_raw(self, rtype: str, query: dict, projection: dict, limit: int = 0,
                  sort: list[tuple[str, int]] | None = None) -> list[dict]:
         """Raw current documents (for index fields such as `idx.subject` or sort keys), not resources."""
+        if sort is None and (ids := _id_list(query)) is not None:
+            found = self._by_ids(rtype, ids, projection, query)
+            return found[:limit] if limit else found
         cursor = self.db[rtype].find(query, projection)
         if sort:
             cursor = cursor.sort(sort)
