@@ -183,7 +183,9 @@ def _searchset(store: Store, base: str, path: str, targets: list[tuple[str, dict
         entries.append(_outcome_entry(parsed.ignored))
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
     if total_mode != "none" and cursor is None:
-        bundle["total"] = sum(store.reader.count(t, f) for t, f in targets)
+        # a first page without a next one holds every match: no count needed
+        complete = count and next_cursor is None
+        bundle["total"] = len(page) if complete else sum(store.reader.count(t, f) for t, f in targets)
     bundle["link"] = links
     if entries:
         bundle["entry"] = entries
