@@ -9,6 +9,7 @@ from conformance.capability import capability_statement
 from fhirserver import dbserver, logs
 from fhirserver.api import auditing, auth, errors, fhir, ops
 from fhirserver.api.metadata import oauth_endpoints
+from fhirserver.api.scheduling import scheduling
 from fhirserver.api.smart import discovery
 from fhirserver.audit import AuditTrail
 from fhirserver.config import Settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         auditing.install(app, AuditTrail(store))
     app.register_blueprint(fhir)
     app.register_blueprint(ops)
+    app.register_blueprint(scheduling)
     app.register_blueprint(discovery)
     errors.register(app)
     # build once at start-up, not on the first /metadata request

@@ -131,6 +131,13 @@ SETTINGS: dict[str, Setting] = {
     "secret_key": Setting(
         "FHIR_SECRET_KEY", "", _text, "key for signing sessions and CSRF tokens (random per start if unset)"
     ),
+    "hold_minutes": Setting(
+        "FHIR_HOLD_MINUTES", "10", _positive_float, "minutes an Appointment/$hold keeps its slots (Expires header)"
+    ),
+    "late_cancel_hours": Setting(
+        "FHIR_LATE_CANCEL_HOURS", "24", _positive_float,
+        "a cancellation this many hours or less before the start is flagged late",
+    ),
 }
 
 
@@ -156,6 +163,8 @@ class Settings:
     auth: str
     log_level: str
     secret_key: str
+    hold_minutes: float
+    late_cancel_hours: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -7,7 +7,14 @@ import uuid
 from fhirserver.errors import PreconditionFailed
 from fhirserver.interactions.guard import OPEN, Guard
 from fhirserver.interactions.result import Result
-from fhirserver.interactions.versions import check_valid, ensure_indexes, make_version, next_timestamp, stored_of
+from fhirserver.interactions.versions import (
+    check_valid,
+    commit_with_rules,
+    ensure_indexes,
+    make_version,
+    next_timestamp,
+    stored_of,
+)
 from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.database import Store
 
@@ -39,5 +46,5 @@ def _create(store: Store, base: str, rtype: str, resource: dict, rid: str | None
     version = make_version(rtype, rid, 1, next_timestamp(None), resource, "POST")
     guard.check_new("create", version)
     ensure_indexes(store, rtype)
-    store.committer.commit([version])
+    commit_with_rules(store, [version])
     return Result(201, stored_of(version), location=f"{base}/{rtype}/{rid}/_history/1")

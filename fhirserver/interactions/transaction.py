@@ -25,7 +25,13 @@ from fhirserver.interactions import update as update_mod
 from fhirserver.interactions.guard import OPEN, Guard
 from fhirserver.interactions.patch import apply_fhirpath_patch, apply_json_patch
 from fhirserver.interactions.result import Result, instant
-from fhirserver.interactions.versions import ensure_indexes, make_version, next_timestamp, stored_of
+from fhirserver.interactions.versions import (
+    commit_with_rules,
+    ensure_indexes,
+    make_version,
+    next_timestamp,
+    stored_of,
+)
 from fhirserver.resources.validation import SUPPORTED_TYPES, check_type, validate_resource
 from fhirserver.search.conditional import condition_lease, matching
 from fhirserver.store.commit import CommitAborted, Version, VersionConflict, wait_a_little
@@ -173,7 +179,7 @@ class Transaction:
                 versions = [e.version for e in entries if e.version is not None]
                 for rtype in {v.type for v in versions}:
                     ensure_indexes(self.store, rtype)
-                self.store.committer.commit(versions)
+                commit_with_rules(self.store, versions)
                 return
             except VersionConflict as exc:
                 if any(e.if_match is not None for e in entries):

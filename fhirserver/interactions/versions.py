@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 from fhirserver import fhirjson
 from fhirserver.errors import Conflict, FHIRError, PreconditionFailed, Unprocessable
 from fhirserver.interactions.result import instant
+from fhirserver.resources import scheduling
 from fhirserver.resources.validation import validate_resource
 from fhirserver.search.extract import compartments, extract_index
 from fhirserver.search.indexing import search_indexes
 from fhirserver.search.sort import sort_values
-from fhirserver.store.commit import CommitAborted, Version, VersionConflict, now, wait_a_little
+from fhirserver.store.commit import ClaimTaken, CommitAborted, Version, VersionConflict, now, wait_a_little
 from fhirserver.store.database import Store
 from fhirserver.store.resources import Stored
 
@@ -69,6 +70,36 @@ def ensure_indexes(store: Store, rtype: str) -> None:
     store.indexes.resource_type(rtype, search_indexes(rtype))
 
 
+def commit_with_rules(store: Store, versions: list[Version]) -> list[Version]:
+    """Commit `versions` together with the checks and side effects of the resource rules (slot claims, Slot
+    statuses) as ONE commit; every write path goes through here. Returns the extra versions written.
+
+    A conflict on a side-effect version is retried here with a fresh plan; one on `versions` is the caller's.
+    """
+    own = {v.key for v in versions}
+    for attempt in range(MAX_ATTEMPTS):
+        effects = scheduling.plan(store, versions, make_version)
+        for rtype in {v.type for v in effects.versions}:
+            ensure_indexes(store, rtype)
+        try:
+            store.committer.commit(versions + effects.versions, effects.claims, effects.releases)
+        except ClaimTaken as exc:
+            outcome = scheduling.taken(store, exc)
+            if not isinstance(outcome, VersionConflict):
+                raise outcome from None
+            wait_a_little(attempt)
+            continue
+        except VersionConflict as exc:
+            if exc.key in own:
+                raise
+            store.committer.unblock(exc.key)
+            wait_a_little(attempt)
+            continue
+        scheduling.slots_freed(store, effects.freed)
+        return effects.versions
+    raise Conflict("the resources this write touches are being changed by many requests at once; try again")
+
+
 def write_with_retry(store: Store, rtype: str, rid: str, plan: Callable[[Stored | None], Version | None],
                      if_match: int | None = None) -> tuple[Stored | None, Version | None]:
     """Read the current version, let `plan` make the next one, commit it; retry when another writer wins.
@@ -86,7 +117,7 @@ def write_with_retry(store: Store, rtype: str, rid: str, plan: Callable[[Stored 
             return current, None
         ensure_indexes(store, rtype)
         try:
-            store.committer.commit([version])
+            commit_with_rules(store, [version])
             return current, version
         except VersionConflict as exc:
             if if_match is not None:

@@ -6,8 +6,11 @@ The only atomic primitive is the unique insert (DESIGN.md, "Atomicity"). A commi
 3. for several versions, inserts its decision `committed` (`decisions`, unique per commit: recovery may insert
    `aborted` first, and then the owner backs off); for one version the claim itself is the decision;
 4. applies the current documents, then deletes its commit record (and decision).
-Recovery, at start-up and on a timer in every process, rolls forward decided commits and rolls back stale undecided
-ones (deleting their claims). History records of a commit whose record still exists are not visible.
+A commit may also carry unique claims (documents in other collections, e.g. "this key is taken"), inserted in step 2
+under the commit id (field `c`) and deleted again on rollback, and releases (deletions of claims by key and holding
+commit) done in step 4, so that taking one key and giving up another is all-or-nothing too.
+Recovery, at start-up and on a timer in every process, rolls stale commits forward when decided and back otherwise
+(deleting their claims). History records of a commit whose record still exists are not visible.
 """
 
 from __future__ import annotations
@@ -85,6 +88,42 @@ class Version:
                    e.get("srt") or {})
 
 
+@dataclass
+class Claim:
+    """A unique document `key` in collection `coll` inserted under the commit. `replaced` is an existing claim
+    document on the key that this commit takes over: deleted by key and holder (`c`) first, and put back when the
+    commit is rolled back (unless someone else has taken the key meanwhile)."""
+
+    coll: str
+    key: str
+    fields: dict = field(default_factory=dict)
+    replaced: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"coll": self.coll, "key": self.key, "fields": self.fields, "replaced": self.replaced}
+
+
+@dataclass
+class Release:
+    """Delete claim `key` of `coll` held by commit `holder` (nothing when someone else holds it now)."""
+
+    coll: str
+    key: str
+    holder: str
+
+    def to_json(self) -> dict:
+        return {"coll": self.coll, "key": self.key, "holder": self.holder}
+
+
+class ClaimTaken(Exception):
+    """A claim of this commit exists already (held by another commit); nothing of this commit was applied."""
+
+    def __init__(self, coll: str, key: str) -> None:
+        super().__init__(f"{key} is held by another request")
+        self.coll = coll
+        self.key = key
+
+
 class VersionConflict(Exception):
     """A version was claimed by another writer first; nothing of this commit was applied."""
 
@@ -119,16 +158,22 @@ class Committer:
         self.variants = Variants(db)
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def commit(self, versions: list[Version]) -> None:
-        """Write all `versions` or none; raise VersionConflict or CommitAborted when none were written."""
-        if not versions:
+    def commit(self, versions: list[Version], claims: list[Claim] | None = None,
+               releases: list[Release] | None = None) -> None:
+        """Write all `versions`, `claims` and `releases` or none; raise VersionConflict, ClaimTaken or
+        CommitAborted when none were written."""
+        claims, releases = claims or [], releases or []
+        if not versions and not claims and not releases:
             return
         for v in versions:
             self.variants.record(v.type, v.idx)  # before the documents become visible to searches
         cid = uuid.uuid4().hex
-        solo = len(versions) == 1
+        solo = len(versions) == 1 and not claims and not releases
         entries = [v.entry() for v in versions]
         record: dict = {"_id": cid, "ts": now(), "solo": solo, "keys": [v.key for v in versions]}
+        if claims or releases:
+            record["claims"] = [c.to_json() for c in claims]
+            record["releases"] = [r.to_json() for r in releases]
         if _size(entries) <= INLINE_LIMIT:
             record["entries"] = entries
         else:
@@ -136,13 +181,20 @@ class Committer:
                 [{"_id": f"{cid}/{n}", "c": cid, "n": n, "e": e} for n, e in enumerate(entries)], ordered=False)
             record["external"] = len(entries)
         self.db[COMMITS].insert_one(record)
-        self._claim(cid, versions)
+        # New claims go first (losing a claim race then costs the fewest writes); takeovers delete a claim, and
+        # FerretDB deletes what matched a moment before by _id alone, so they wait until this commit owns its
+        # versions: two takeovers of one key then never run at once when both also write the same version.
+        fresh = [c for c in claims if not c.replaced]
+        self._take(cid, fresh, [], [])
+        self._claim(cid, versions, fresh)
+        self._take(cid, [c for c in claims if c.replaced], record["keys"], fresh)
         if not solo:
             self._decide(cid, "committed")
+        self._release(releases)
         self._apply(versions)
         self._forget(cid, record)
 
-    def _claim(self, cid: str, versions: list[Version]) -> None:
+    def _claim(self, cid: str, versions: list[Version], claims: list[Claim]) -> None:
         """Insert every history record; on a duplicate, undo our claims and the record, then raise."""
         docs = [v.history_doc(cid) for v in versions]
         try:
@@ -153,9 +205,49 @@ class Committer:
             if dup is None:
                 raise
             failed = docs[dup["index"]]["_id"]
-            self.db[HISTORY].delete_many({"_id": {"$in": [d["_id"] for d in docs]}, "c": cid})
-            self._forget(cid, {"_id": cid})
+            self._undo(cid, [d["_id"] for d in docs[:dup["index"]]], claims)
             raise VersionConflict(failed) from None
+
+    def _take(self, cid: str, claims: list[Claim], keys: list[str], taken: list[Claim]) -> None:
+        """Insert every claim under the commit; on a duplicate, undo the commit so far (history `keys`, claims
+        `taken` before), then raise ClaimTaken."""
+        for n, claim in enumerate(claims):
+            if claim.replaced:
+                self.db[claim.coll].delete_one({"_id": claim.key, "c": claim.replaced["c"]})
+            try:
+                self.db[claim.coll].insert_one({**claim.fields, "_id": claim.key, "c": cid})
+            except DuplicateKeyError:
+                self._undo(cid, keys, taken + claims[:n + 1])
+                raise ClaimTaken(claim.coll, claim.key) from None
+
+    def _undo(self, cid: str, keys: list[str], claims: Iterable[Claim | dict]) -> None:
+        """Delete this undecided commit's history records and claims, then its record (a decision `aborted`
+        that recovery may have written goes with the record, or later as an orphan)."""
+        if keys:
+            self.db[HISTORY].delete_many({"_id": {"$in": keys}, "c": cid})
+        by_coll: dict[str, list[str]] = defaultdict(list)
+        replaced: list[tuple[str, dict]] = []
+        for c in claims:
+            coll, key, old = (c.coll, c.key, c.replaced) if isinstance(c, Claim) else \
+                (c["coll"], c["key"], c.get("replaced"))
+            by_coll[coll].append(key)
+            if old:
+                replaced.append((coll, old))
+        for coll, ids in by_coll.items():
+            self.db[coll].delete_many({"_id": {"$in": ids}, "c": cid})
+        for coll, old in replaced:
+            try:
+                self.db[coll].insert_one(old)
+            except DuplicateKeyError:
+                pass  # still there (never deleted), or taken by someone else since
+        self.db[COMMITS].delete_one({"_id": cid})
+
+    def _release(self, releases: Iterable[Release | dict]) -> None:
+        """Delete released claims by key and holder (idempotent: a re-run deletes nothing more)."""
+        for r in releases:
+            coll, key, holder = (r.coll, r.key, r.holder) if isinstance(r, Release) else \
+                (r["coll"], r["key"], r["holder"])
+            self.db[coll].delete_one({"_id": key, "c": holder})
 
     def _decide(self, cid: str, outcome: str) -> str:
         """Insert the commit's decision unless one exists; return the decision that stands."""
@@ -211,7 +303,7 @@ class Committer:
         return [Version.from_entry(p["e"]) for p in parts]
 
     def recover_one(self, record: dict) -> str:
-        """Finish or undo one commit; return 'rolled-forward' or 'rolled-back'."""
+        """Finish or undo one commit; return 'rolled-forward', 'rolled-back' or 'finished' (by its owner)."""
         cid = record["_id"]
         versions = self._versions(record)
         if record.get("solo"):
@@ -219,23 +311,30 @@ class Committer:
             outcome = "committed" if claim and claim.get("c") == cid else "aborted"
         else:
             outcome = self._decide(cid, "aborted")
-        if outcome == "committed" and versions:
+            if outcome == "aborted" and self.db[COMMITS].find_one({"_id": cid}, {"_id": 1}) is None:
+                # The owner finished and forgot the commit (its decision first gone) after we read the record:
+                # nothing to undo, and undoing would delete a finished commit's history records and claims.
+                self.db[DECISIONS].delete_one({"_id": cid})
+                return "finished"
+        if outcome == "committed" and (versions or not record["keys"]):
+            self._release(record.get("releases") or [])
             self._apply(versions)
             result = "rolled-forward"
         else:
-            self.db[HISTORY].delete_many({"_id": {"$in": record["keys"]}, "c": cid})
+            self._undo(cid, record["keys"], record.get("claims") or [])
             result = "rolled-back"
         self._forget(cid, record)
         log.info("recovered commit", extra={"commit": cid, "result": result, "versions": len(record["keys"])})
         return result
 
     def recover(self, all_stale: bool = False) -> dict[str, int]:
-        """One recovery pass: decided commits at once, undecided ones once stale. Safe in many processes."""
-        counts = {"rolled-forward": 0, "rolled-back": 0}
+        """One recovery pass over stale commits: decided ones forward, the others back. Safe in many processes."""
+        counts = {"rolled-forward": 0, "rolled-back": 0, "finished": 0}
         cutoff = now() - timedelta(seconds=0 if all_stale else self.stale_after)
-        decided = {d["_id"] for d in self.db[DECISIONS].find({"outcome": "committed"}, {"_id": 1})}
+        # Decided commits are finished by their owner within moments; rolling them forward while the owner still
+        # runs would repeat its releases (deletes), which FerretDB may apply to a claim taken since: wait until stale.
         for record in self.db[COMMITS].find({}):
-            if record["_id"] in decided or record["ts"].replace(tzinfo=UTC) <= cutoff:
+            if record["ts"].replace(tzinfo=UTC) <= cutoff:
                 counts[self.recover_one(record)] += 1
         orphans = [d["_id"] for d in self.db[DECISIONS].find({"ts": {"$lte": cutoff}}, {"_id": 1})
                    if not self.db[COMMITS].find_one({"_id": d["_id"]}, {"_id": 1})]
