@@ -435,6 +435,20 @@ class RefreshGrant(RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
 
+    def authenticate_token_endpoint_client(self) -> AuthlibClient:
+        """A public client need not name itself when refreshing: RFC 6749 §6 asks only confidential clients to
+        authenticate and SMART's refresh request has no `client_id` (fhirclient.js sends none). With no client
+        credentials at all, the refresh token names its client, which must be a public one."""
+        form, headers = self.request.form, self.request.headers
+        if not (form.get("client_id") or form.get("client_assertion") or headers.get("Authorization")):
+            record = _services(self).tokens.find(form.get("refresh_token") or "", REFRESH)
+            client = self.server.query_client(record.client_id) if record is not None else None
+            if client is not None and client.check_endpoint_auth_method("none", "token"):
+                self.request.client, self.request.auth_method = client, "none"
+                self.server.send_signal("after_authenticate_client", client=client, grant=self)
+                return client
+        return super().authenticate_token_endpoint_client()
+
     def _validate_request_token(self, client: AuthlibClient) -> TokenRecord:
         secret = self.request.form.get("refresh_token")
         if not secret:

@@ -38,8 +38,10 @@ from smart_auth.access import Access
 from smart_auth.assertions import ClientAssertionVerifier
 from smart_auth.clients import ClientRegistry, RegistrationError
 from smart_auth.discovery import SIGNING_ALGS, smart_configuration
+from smart_auth.jobs import Jobs, auth_jobs
 from smart_auth.keys import KeyRing
 from smart_auth.launch import LaunchError, LaunchStore
+from smart_auth.notify import Notifier
 from smart_auth.pages import Pages, with_params
 from smart_auth.server import (
     ID_TOKEN_ALG,
@@ -87,6 +89,7 @@ class SmartAuth:
         self.pages = pages
         self._maintenance: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.jobs: Jobs | None = None  # set by init_app: purge (and outbox relay) under leases
 
     def verify(self, token: str) -> Access | None:
         """token -> Access, or None (unknown, expired, revoked, for another audience)."""
@@ -110,10 +113,13 @@ class SmartAuth:
                     self.services.tokens.ensure_indexes()
                     self.services.users.store.ensure_indexes()
                     indexed = True
-                self.purge()
+                if self.jobs is not None:
+                    self.jobs.run_due()
+                else:
+                    self.purge()
             except PyMongoError as exc:
                 log.warning("smart_auth upkeep failed: %s", type(exc).__name__)
-            time.sleep(interval)
+            time.sleep(min(interval, self.jobs.tick) if self.jobs is not None else interval)
 
     def purge(self) -> dict[str, Any]:
         """Delete every expired code, token, marker, launch, session and pending request."""
@@ -137,12 +143,14 @@ def security_endpoints(fhir_base: str) -> dict[str, str]:
     return Urls(fhir_base).endpoints()
 
 
-def init_app(app: Flask, db: Database, settings: Any, patients_for: PatientsFor | None = None) -> SmartAuth:
+def init_app(app: Flask, db: Database, settings: Any, patients_for: PatientsFor | None = None,
+             transport: Notifier | None = None) -> SmartAuth:
     """Build the authorization server on `db` for the FHIR base `settings.base_url`, register `/auth`, and return it.
 
     `patients_for(user) -> [("Patient/<id>", display)]` lists the patients a user may act for (own record and
-    current proxies); by default the user's own fhirUser when it is a Patient. Nothing touches the database here,
-    so the app starts while the database is down."""
+    current proxies); by default the user's own fhirUser when it is a Patient. `transport` (e.g. an SMTPNotifier)
+    receives the queued outbox messages from a relay job. Nothing touches the database here, so the app starts
+    while the database is down."""
     urls = Urls(settings.base_url.rstrip("/"))
     users = UserStore(db, issuer="FHIR Server", reset_url=urls.auth("/reset?token={token}"))
     clients = ClientRegistry(db)
@@ -153,6 +161,7 @@ def init_app(app: Flask, db: Database, settings: Any, patients_for: PatientsFor 
         directory=PatientDirectory(users, patients_for or own_record),
     )
     smart = SmartAuth(services, SmartAuthorizationServer(services), Pages(db, services, settings.secret_key))
+    smart.jobs = auth_jobs(db, smart.purge, transport)
     app.extensions["smart_auth"] = smart
     # The session cookie (only smart_auth's pages use sessions): SameSite=Lax so the app's top-level redirect to
     # /auth/authorize carries it and cross-site POSTs do not; Secure whenever the public base is https.
