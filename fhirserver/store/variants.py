@@ -8,12 +8,17 @@
   id (`patient=123`) tests only those, so it is usually one plain equality, which FerretDB pushes down to SQL.
 
 Writers record a new shape before their documents become visible, by unique insert in `schema`, so it is safe in
-many processes.
+many processes. Readers keep the shapes of a type in memory with the token of its stamp (`shapes-stamp/<Type>`): a
+writer deletes the stamp after inserting a new shape, a reader takes (or makes) the stamp before reading the shapes,
+so a cached token that is still the stamp's proves that no shape came since. One `_id` lookup per search instead of
+a scan of `schema`.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import uuid
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
@@ -60,12 +65,18 @@ class Shapes:
     targets: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
+def _stamp(rtype: str) -> str:
+    return f"shapes-stamp/{rtype}"
+
+
 class Variants:
     """The registry of variant keys per resource type."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.recorded: set[str] = set()
+        self.cache: dict[str, tuple[str, Shapes]] = {}
+        self.lock = threading.Lock()
 
     def record(self, rtype: str, idx: dict) -> None:
         """Make the shapes of `idx` known (cheap when none or when already recorded)."""
@@ -73,18 +84,37 @@ class Variants:
         absolute, targets = references_in(idx)
         keys += [f"absolute/{rtype}/{code}" for code in absolute]
         keys += [f"targets/{rtype}/{code}/{target}" for code, target in targets]
-        for key in keys:
-            if key in self.recorded:
-                continue
+        fresh = [key for key in keys if key not in self.recorded]
+        for key in fresh:
             try:
                 self.db[SCHEMA].insert_one({"_id": key})
             except DuplicateKeyError:
-                pass
-            self.recorded.add(key)
+                pass  # its writer deletes the stamp too, but perhaps not yet: we do it below
+        if fresh:
+            self.db[SCHEMA].delete_one({"_id": _stamp(rtype)})  # after the inserts: cached shapes are stale now
+            self.recorded.update(fresh)
 
     def shapes(self, rtype: str) -> Shapes:
         """How many variant keys each parameter of `rtype` may have (1 when not listed), which parameters hold
         absolute URLs, and which types each parameter's relative references point to."""
+        stamp = self.db[SCHEMA].find_one({"_id": _stamp(rtype)})
+        cached = self.cache.get(rtype)
+        if stamp is not None and cached is not None and cached[0] == stamp["token"]:
+            return cached[1]
+        if stamp is None:
+            try:
+                stamp = {"_id": _stamp(rtype), "token": uuid.uuid4().hex}
+                self.db[SCHEMA].insert_one(stamp)
+            except DuplicateKeyError:
+                stamp = self.db[SCHEMA].find_one({"_id": _stamp(rtype)})
+        shapes = self._read(rtype)  # after taking the stamp: a shape recorded meanwhile deletes it again
+        if stamp is not None:
+            with self.lock:
+                self.cache[rtype] = (stamp["token"], shapes)
+        return shapes
+
+    def _read(self, rtype: str) -> Shapes:
+        """The shapes of `rtype` as recorded in `schema` now."""
         counts: dict[str, int] = {}
         absolute = set()
         targets: dict[str, set[str]] = {}
