@@ -6,7 +6,7 @@ from flask import Flask
 
 import smart_auth
 from conformance.capability import capability_statement
-from fhirserver import dbserver, logs
+from fhirserver import dbserver, jobs, logs
 from fhirserver.api import auditing, auth, errors, fhir, ops
 from fhirserver.api.metadata import oauth_endpoints
 from fhirserver.api.scheduling import scheduling
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.maintain(interval=min(settings.commit_timeout / 3, 10.0), index_models=search_indexes,
                    native_indexes=dbserver.native_indexer(settings))
     app.extensions["fhir.store"] = store
+    app.extensions["fhir.jobs"] = jobs.start(store, settings)
     authz = smart_auth.init_app(app, store.db, settings,
                                 patients_for=lambda user: proxies.patients_for(store, user.username, user.fhir_user))
     app.extensions["fhir.authenticate"] = auth.open_access if settings.auth == "off" else auth.bearer(authz.verify)

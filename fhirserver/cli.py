@@ -158,6 +158,28 @@ def db_reindex(types: tuple[str, ...]) -> None:
     click.echo(f"re-indexed {sum(counts.values())} resources in {len(counts)} types")
 
 
+@main.group("jobs")
+def jobs_group() -> None:
+    """Background jobs (hold expiry, appointment notices, reminders, waitlist offers)."""
+
+
+@jobs_group.command("run-once")
+@click.option("--job", "names", multiple=True, help="only this job (repeatable): holds, waitlist, notices, reminders")
+def jobs_run_once(names: tuple[str, ...]) -> None:
+    """Run one round of the jobs now, each under its lease; prints what each did as JSON."""
+    from fhirserver.jobs import Jobs
+    from fhirserver.store.database import Store
+
+    settings = _settings()
+    store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
+    runner = Jobs(store, settings)
+    unknown = [n for n in names if n not in runner.jobs]
+    if unknown:
+        click.echo(f"fhirserver: unknown job {unknown[0]!r} (jobs: {', '.join(runner.jobs)})", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(runner.run_once(list(names) or None), default=str))
+
+
 # -- SMART authorization server: users and clients -------------------------------------------------------------------
 
 

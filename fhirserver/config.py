@@ -78,6 +78,12 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _hours_list(name: str, raw: str) -> tuple[float, ...]:
+    """Comma-separated hours above 0, largest first (e.g. `72,24`); empty for none."""
+    return tuple(sorted({_positive_float(name, part.strip()) for part in raw.split(",") if part.strip()},
+                        reverse=True))
+
+
 def _path(name: str, raw: str) -> Path:
     if not raw:
         raise SettingsError(name, "must not be empty")
@@ -131,6 +137,15 @@ SETTINGS: dict[str, Setting] = {
     "secret_key": Setting(
         "FHIR_SECRET_KEY", "", _text, "key for signing sessions and CSRF tokens (random per start if unset)"
     ),
+    "reminder_hours": Setting(
+        "FHIR_REMINDER_HOURS", "72,24", _hours_list,
+        "hours before an appointment's start at which reminders go out (comma-separated; empty for none)",
+    ),
+    "job_interval": Setting(
+        "FHIR_JOB_INTERVAL", "30", _positive_float,
+        "seconds between runs of the background jobs (hold expiry, notices, reminders, waitlist offers)",
+    ),
+    "jobs": Setting("FHIR_JOBS", "on", _choice(("on", "off")), "on: run the background jobs in the server process"),
     "hold_minutes": Setting(
         "FHIR_HOLD_MINUTES", "10", _positive_float, "minutes an Appointment/$hold keeps its slots (Expires header)"
     ),
@@ -163,6 +178,9 @@ class Settings:
     auth: str
     log_level: str
     secret_key: str
+    reminder_hours: tuple[float, ...]
+    job_interval: float
+    jobs: str
     hold_minutes: float
     late_cancel_hours: float
 

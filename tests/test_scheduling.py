@@ -504,9 +504,9 @@ def test_access_patients_act_for_themselves_and_their_proxies(world):
     # $find never shows other patients' appointments: only free slots, and the patient filter needs reach
     date = s1["start"][:10]
     out = find.find(store, base, [("start", date), ("end", date)], 50, 100, guard=as_alice).body
-    refs = {e["resource"]["slot"][0]["reference"] for e in out["entry"]}
+    refs = {e["resource"]["slot"][0]["reference"] for e in out.get("entry", [])}
     assert not refs & {f"Slot/{s['id']}" for s in (s1, s2, s3)}
-    assert all(f"Patient/{bob}" not in str(e) for e in out["entry"])
+    assert all(f"Patient/{bob}" not in str(e) for e in out.get("entry", []))
     refused(lambda: find.find(store, base, [("start", date), ("end", date), ("patient-reference", f"Patient/{bob}")],
                               50, 100, guard=as_alice), 404)
     no_slots = Guard(Access("portal", "user/Appointment.cruds", "authorization_code", user_id="alice",

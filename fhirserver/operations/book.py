@@ -95,8 +95,8 @@ def create_appointment(store: Store, base: str, appt: dict, guard: Guard) -> Sto
     return stored
 
 
-def bundle_result(stored: Stored, status: int = 200, headers: dict[str, str] | None = None) -> Result:
-    return Result(status, body=searchset([fhirjson.loads(stored.text)]), headers=headers or {})
+def bundle_result(base: str, stored: Stored, status: int = 200, headers: dict[str, str] | None = None) -> Result:
+    return Result(status, body=searchset(base, [fhirjson.loads(stored.text)]), headers=headers or {})
 
 
 def resource_param(params: Params) -> dict | None:
@@ -129,7 +129,7 @@ def book(store: Store, base: str, params: Params, rid: str | None = None, guard:
             if appt.get("status") == "booked":
                 raise Conflict(f"Appointment/{target} is booked already", expression=["Appointment.status"])
             return _booked(with_slot_times(store, appt), params, video_base)
-        return bundle_result(change(store, base, target, guard, to_booked))
+        return bundle_result(base, change(store, base, target, guard, to_booked))
     appt = resource_param(params)
     if appt is None:
         raise BadRequest("$book needs appointment-reference or appointment-resource",
@@ -137,7 +137,7 @@ def book(store: Store, base: str, params: Params, rid: str | None = None, guard:
     if not slot_ids(appt):
         raise Unprocessable("the Appointment names no slot", expression=["Appointment.slot"])
     booked = _booked(with_slot_times(store, appt), params, video_base)
-    return bundle_result(create_appointment(store, base, booked, guard), 201)
+    return bundle_result(base, create_appointment(store, base, booked, guard), 201)
 
 
 def reschedule(store: Store, base: str, rid: str, params: Params, guard: Guard = OPEN) -> Result:

@@ -14,6 +14,7 @@ future slots are offered, so held or booked ones and other patients' appointment
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -81,14 +82,24 @@ def one(params: Params, name: str, required: bool = False) -> Any:
     return found[0] if found else None
 
 
-def searchset(resources: list[dict], total: int | None = None, links: list[dict] | None = None) -> dict:
-    """A searchset Bundle of resources that need not be stored (proposed Appointments, operation results)."""
+def searchset(base: str, resources: list[dict], total: int | None = None, links: list[dict] | None = None) -> dict:
+    """A searchset Bundle of operation results: stored resources under their URL on `base`, proposed ones (not
+    stored, without an id) under a `urn:uuid:` that is also their id, as search results must have both."""
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total
     if links:
         bundle["link"] = links
-    bundle["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+    entries = []
+    for r in resources:
+        if r.get("id"):
+            full_url = f"{base}/{r['resourceType']}/{r['id']}"
+        else:
+            r = {"resourceType": r["resourceType"], "id": str(uuid.uuid4()), **r}
+            full_url = f"urn:uuid:{r['id']}"
+        entries.append({"fullUrl": full_url, "resource": r, "search": {"mode": "match"}})
+    if entries:
+        bundle["entry"] = entries
     return bundle
 
 
@@ -208,4 +219,4 @@ def find(store: Store, base: str, params: Params, page_size: int, page_max: int,
         last = docs[count - 1]
         cursor = f"{instant(last['srt']['start'])}|{last['_id']}"
         links.append({"relation": "next", "url": f"{base}/Appointment/$find?{urlencode(plain + [('_after', cursor)])}"})
-    return Result(200, body=searchset(proposed, total, links))
+    return Result(200, body=searchset(base, proposed, total, links))

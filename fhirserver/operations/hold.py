@@ -62,12 +62,12 @@ def hold(store: Store, base: str, params: Params, minutes: float, rid: str | Non
                 raise Conflict(f"Appointment/{target} is {appt.get('status')}; only a proposed appointment is held",
                                expression=["Appointment.status"])
             return pending(appt)
-        return bundle_result(change(store, base, target, guard, to_pending), headers=headers)
+        return bundle_result(base, change(store, base, target, guard, to_pending), headers=headers)
     appt = resource_param(params)
     if appt is None:
         raise BadRequest("$hold needs appointment-reference or appointment-resource",
                          expression=["appointment-reference"])
-    return bundle_result(create_appointment(store, base, pending(appt), guard), 201, headers)
+    return bundle_result(base, create_appointment(store, base, pending(appt), guard), 201, headers)
 
 
 def _expired(store: Store, rid: str, appt: dict, ts: datetime) -> bool:

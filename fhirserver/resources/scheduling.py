@@ -236,6 +236,11 @@ class _Planner:
             allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "nothing"
             raise Conflict(f"{owner} cannot move from status {old!r} to {new!r} (from {old!r}: {allowed})",
                            expression=["Appointment.status"])
+        if after is not None and new == "waitlist":
+            from fhirserver.resources.waitlist import check_entry  # waitlist builds on this module
+
+            if problems := check_entry(after):
+                raise Unprocessable(problems[0].diagnostics, issues=problems)
         wanted = slot_ids(after) if after is not None and new in OCCUPYING else []
         if after is not None:
             self.check_times(after, wanted)
