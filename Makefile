@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install ferretdb run test lint definitions db-start db-stop db-status clean
+.PHONY: install ferretdb run test lint definitions db-start db-stop db-status clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: ferretdb
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The benchmark suite (bench/run.py): FerretDB on PostgreSQL, data loaded once and cached in .local/bench/, the server
+# under gunicorn next to the pymongo floor; report in bench/results/run-postgresql.md. BENCH_ARGS=--quick: a smoke run.
+bench: ferretdb
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 definitions: $(STAMP)
 	$(BIN)/python scripts/fetch_r4_definitions.py

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a timed concurrent loop, latency percentiles, and result files."""
+"""Shared pieces of the benchmarks: a timed concurrent loop, latency percentiles, a sampling profiler attached to the
+server (py-spy), and result files."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import http.client
 import json
 import os
 import platform
+import re
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,8 +39,9 @@ class Measurement:
 
 
 def run_concurrently(name: str, work: Callable[[int], bool], total: int, threads: int,
-                     max_seconds: float = 120.0) -> Measurement:
-    """Call work(n) for n in range(total) on `threads` threads (bounded by count and time); time each call."""
+                     max_seconds: float = 120.0, sink: list[float] | None = None) -> Measurement:
+    """Call work(n) for n in range(total) on `threads` threads (bounded by count and time); time each call (and
+    append the latencies, in seconds, to `sink` when given)."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -60,13 +68,19 @@ def run_concurrently(name: str, work: Callable[[int], bool], total: int, threads
         t.start()
     for t in pool:
         t.join()
-    seconds = time.perf_counter() - began
+    if sink is not None:
+        sink.extend(latencies)
+    return summarize(name, latencies, errors, time.perf_counter() - began)
+
+
+def summarize(name: str, latencies: list[float], errors: int, seconds: float) -> Measurement:
+    """A Measurement from per-call latencies (seconds) over `seconds` of wall time."""
     ms = sorted(x * 1000 for x in latencies) or [0.0]
 
     def pct(p: float) -> float:
         return round(ms[min(len(ms) - 1, int(p * len(ms)))], 2)
 
-    return Measurement(name, len(latencies), errors, round(seconds, 3), round(len(latencies) / seconds, 1),
+    return Measurement(name, len(latencies), errors, round(seconds, 3), round(len(latencies) / max(seconds, 1e-9), 1),
                        round(statistics.median(ms), 2), pct(0.95), pct(0.99))
 
 
@@ -132,13 +146,114 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def write_report(name: str, report: dict, table: list[str]) -> Path:
-    """bench/results/<name>.json and .md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text("\n".join(table) + "\n")
-    return RESULTS / f"{name}.md"
+def write_report(name: str, report: dict, table: list[str], folder: Path = RESULTS) -> Path:
+    """<folder>/<name>.json and .md (folder: bench/results)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / f"{name}.md").write_text("\n".join(table) + "\n")
+    return folder / f"{name}.md"
 
 
 def as_dict(m: Measurement) -> dict:
     return asdict(m)
+
+
+# -- profiles ----------------------------------------------------------------------------------------------------
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def py_spy() -> str | None:
+    """The py-spy executable beside this interpreter (a dev dependency), or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+class Profiler:
+    """py-spy sampling a process and its children (gunicorn's master and workers) into collapsed stacks.
+
+    `--nonblocking` reads the stacks without pausing the server, so the measurement it runs beside is not slowed by
+    more than py-spy's own CPU. A missing py-spy or a refused ptrace leaves `error` set and `ok()` False.
+    """
+
+    def __init__(self, pid: int, out: Path, rate: int = 50) -> None:
+        self.out = out
+        self.error = ""
+        self.proc: subprocess.Popen | None = None
+        exe = py_spy()
+        if exe is None:
+            self.error = "py-spy is not installed"
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+                                      "--rate", str(rate), "--format", "raw", "--output", str(out)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.5)  # attaching takes a moment; samples before that would be lost anyway
+        if self.proc.poll() is not None:
+            self.error = (self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else "")[-300:]
+
+    def stop(self) -> bool:
+        """Stop sampling (py-spy writes its file on SIGINT); True if a profile was written."""
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.out.exists() or not self.out.stat().st_size:
+            tail = (self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else "")[-300:]
+            self.error = self.error or tail or "py-spy wrote no samples"
+            return False
+        return True
+
+
+def _frames(line: str) -> tuple[list[tuple[str, str]], int]:
+    """(function, file) of each Python frame of one collapsed stack (root first), and its sample count."""
+    stack, _, count = line.rpartition(" ")
+    frames = []
+    for frame in stack.split(";"):
+        m = FRAME.match(frame)
+        if m:
+            frames.append((m["function"], m["file"]))
+    return frames, int(count) if count.isdigit() else 0
+
+
+def top_functions(path: Path, n: int = 12, own: tuple[str, ...] = ("fhirserver/", "smart_auth/"),
+                  within: str = "Flask.wsgi_app") -> dict:
+    """The hottest functions of a collapsed-stack profile, among the samples taken inside `within` (handling a
+    request; threads waiting for work or the arbiter's loop are left out): by own time (the leaf frame), by total
+    time (anywhere on the stack) and, among this project's code, by total time; percentages of those samples."""
+    leaf: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    samples = everything = 0
+    for line in path.read_text(errors="replace").splitlines():
+        frames, count = _frames(line)
+        everything += count
+        if not frames or not count or not any(f == within for f, _ in frames):
+            continue
+        samples += count
+        function, file = frames[-1]
+        leaf[f"{function} ({_short(file)})"] += count
+        seen = {f"{f} ({_short(p)})" for f, p in frames}
+        for name in seen:
+            total[name] += count
+        for name in {f"{f} ({_short(p)})" for f, p in frames if any(o in p for o in own)}:
+            ours[name] += count
+
+    def ranked(c: Counter[str]) -> list[dict]:
+        return [{"function": k, "percent": round(100 * v / samples, 1)} for k, v in c.most_common(n)]
+
+    return {"samples": samples, "all_samples": everything, "self": ranked(leaf), "total": ranked(total),
+            "project_total": ranked(ours)}
+
+
+def _short(file: str) -> str:
+    """A source path from the package root on (`fhirserver/store/commit.py`, `pymongo/...`, `threading.py`)."""
+    return LIBRARY.sub("", file).removeprefix(str(REPO) + "/")
+
+
+LIBRARY = re.compile(r"^.*/(?:site-packages|lib/python3\.\d+)/")
+REPO = RESULTS.parent.parent

@@ -69,7 +69,8 @@ class NestedPushdownFerretDB(FerretDB):
     """FerretDB started with `--test-enable-nested-pushdown`: dot-notation equality is pushed down to SQL."""
 
     def argv(self) -> list[str]:
-        return [*super().argv(), "--test-enable-nested-pushdown"]
+        argv = super().argv()
+        return argv if "--test-enable-nested-pushdown" in argv else [*argv, "--test-enable-nested-pushdown"]
 
 
 # -- the database, kept between runs -----------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def vacuum(pg: PostgreSQL) -> None:
 # with nested pushdown, `_jsonb #> '{idx,patient}' @> '"Patient/x"'`. FerretDB v1 only creates btree indexes, which
 # `@>` cannot use; these are created behind its back for an experiment (--pg-gin) and dropped afterwards.
 GIN = {"Observation": ("patient", "code", "category"), "Encounter": ("patient",), "Claim": ("patient",),
-       "Immunization": ("patient",)}
+       "Immunization": ("patient",), "Patient": (), "Coverage": ("beneficiary",)}
 
 
 def gin_indexes(pg: PostgreSQL, create: bool) -> list[str]:
@@ -172,12 +173,13 @@ def gin_indexes(pg: PostgreSQL, create: bool) -> list[str]:
     return names
 
 
-def start_server(uri: str, workers: int, log: Path, wait: float = 300.0) -> tuple[subprocess.Popen, str]:
+def start_server(uri: str, workers: int, log: Path, wait: float = 300.0, db_name: str = DB_NAME,
+                 threads: int = 4) -> tuple[subprocess.Popen, str]:
     """The server under gunicorn as bench.crud starts it (database `bench`, 4 threads per worker), but waiting up to
     `wait` seconds for it to answer: on a busy machine its start takes longer than crud's 30 s; stopped on failure."""
     port = free_port()
-    env = {**os.environ, "MONGODB_URI": uri, "FHIR_DB_NAME": DB_NAME, "FHIR_PORT": str(port),
-           "FHIR_WORKERS": str(workers), "FHIR_THREADS": "4", "FHIR_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "MONGODB_URI": uri, "FHIR_DB_NAME": db_name, "FHIR_PORT": str(port),
+           "FHIR_WORKERS": str(workers), "FHIR_THREADS": str(threads), "FHIR_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve"], env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/fhir"
@@ -338,6 +340,7 @@ class Request:
     limit: int = PAGE
     include: str | None = None  # the reference index field whose targets the floor fetches too
     pairs: list[tuple[str, str]] | None = None  # the search's query parameters (None for a read)
+    total: bool = False  # the floor counts the matches too (the server's Bundle.total, `_total=accurate`)
 
 
 @dataclass
@@ -394,18 +397,23 @@ def pushdown_form(query: dict) -> dict:
     return out
 
 
-def search_requests(w: Workload, n: int, patients: list[str], seed: int, base: str, store: Store) -> list[Request]:
+def compile_search(rtype: str, pairs: list[tuple[str, str]], base: str, store: Store, total: bool = False) -> Request:
+    """One search request: the server's path, and the floor's filter, sort and limit compiled as the server compiles
+    them (`_include` of a reference parameter fetches its targets' `idx.<parameter>`)."""
+    parsed = parse(rtype, pairs, base, finder=store.reader)
+    sort = mongo_sort(parse_sort(rtype, parsed.control.get("_sort", [])))
+    includes = parsed.control.get("_include") or []
+    include = f"idx.{includes[0].split(':')[1]}" if includes else None
+    count = (parsed.control.get("_count") or [str(PAGE)])[-1]
+    return Request(f"/{rtype}?{urlencode(pairs, quote_via=quote, safe='/:')}", rtype, parsed.filter, sort,
+                   int(count), include, pairs, total)
+
+
+def search_requests(w: Workload, n: int, patients: list[str], seed: int, base: str, store: Store,
+                    total: bool = False) -> list[Request]:
     """`n` requests of workload `w` over random patients; the floor's filter compiled as the server compiles it."""
     rng = random.Random(f"{seed}/{w.name}")
-    out = []
-    for _ in range(n):
-        pairs = w.make(rng, rng.choice(patients))
-        parsed = parse(w.rtype, pairs, base, finder=store.reader)
-        sort = mongo_sort(parse_sort(w.rtype, parsed.control.get("_sort", [])))
-        include = "idx.practitioner" if parsed.control.get("_include") else None
-        out.append(Request(f"/{w.rtype}?{urlencode(pairs, quote_via=quote, safe='/:')}", w.rtype, parsed.filter,
-                           sort, PAGE, include, pairs))
-    return out
+    return [compile_search(w.rtype, w.make(rng, rng.choice(patients)), base, store, total) for _ in range(n)]
 
 
 def read_requests(n: int, observations: list[str], seed: int) -> list[Request]:
@@ -416,18 +424,27 @@ def read_requests(n: int, observations: list[str], seed: int) -> list[Request]:
 
 
 def floor_find(db, r: Request, flat: bool = False, max_ms: int = 0) -> tuple[list[str], list[str]]:
-    """The floor of one request: match ids, and the ids of the included Practitioners (maxTimeMS when given)."""
+    """The floor of one request: match ids, and the ids of the included Practitioners (maxTimeMS when given).
+
+    The queries the server issues for it: the page (one more than `limit` when it gives a total, to know whether a
+    next page exists), a count only when there is one (`r.total`), and the included resources by `_id`, one lookup
+    per id (FerretDB pushes `_id` equality down to SQL, never `$in`; fhirserver/store/resources.py does the same).
+    """
     query = pushdown_form(r.filter) if flat else r.filter
     projection = {"text": 1, r.include: 1} if r.include else {"text": 1}
     cursor = db[r.rtype].find(query, projection, max_time_ms=max_ms or None)
-    docs = list((cursor.sort(r.sort) if r.sort else cursor).limit(r.limit))
+    docs = list((cursor.sort(r.sort) if r.sort else cursor).limit(r.limit + 1 if r.total else r.limit))
+    if r.total and len(docs) > r.limit:
+        db[r.rtype].count_documents(query, **({"maxTimeMS": max_ms} if max_ms else {}))
+    docs = docs[:r.limit]
     included: list[str] = []
     if r.include:
         refs = {ref.split("/", 1)[1] for d in docs for ref in d.get("idx", {}).get("practitioner", [])
                 if ref.startswith("Practitioner/")}
         coll: Collection = db["Practitioner"]
-        found = coll.find({"_id": {"$in": sorted(refs)}, "del": False}, {"text": 1}, max_time_ms=max_ms or None)
-        included = sorted(d["_id"] for d in found)
+        found = (coll.find_one({"_id": rid}, {"text": 1, "del": 1}, max_time_ms=max_ms or None)
+                 for rid in sorted(refs))
+        included = sorted(d["_id"] for d in found if d is not None and not d.get("del"))
     return [d["_id"] for d in docs], included
 
 

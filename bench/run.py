@@ -1,0 +1,615 @@
+"""The benchmark suite in one command: the server next to the database floor, side by side in one run.
+
+    .venv/bin/python -m bench.run [--backend postgresql|sqlite] [--quick] [--data datagen|tiny|seed:SCALE]
+                                  [--threads 16] [--requests N] [--max-seconds S] [--only read,chart,ingest,...]
+                                  [--helpers] [--no-profile] [--no-gin] [--results DIR] [--state DIR] [--reload]
+
+1. Starts the database: FerretDB v1.24.2 (with `--test-enable-nested-pushdown`, unless `--ferretdb-default`) on
+   PostgreSQL, or on SQLite, in `.local/bench/<backend>[-<data>]/` (or `--state`); on PostgreSQL with the GIN
+   indexes the embedded database keeps beside FerretDB's (fhirserver/dbserver/pgindexes.py; `--no-gin` drops them).
+2. Loads the data once through the server and keeps it there with a marker naming it (`dataset.json`); the next run
+   with the same data skips loading; patients and Observations to sample are taken from the load or the database. The
+   data source is pluggable (`--data`): `datagen` (bench/datagen.py, 1,000 patients and 200,000 Observations), `tiny`
+   (the same generator, 4 patients, for the smoke test), `seed:SCALE` (`fhirserver seed --scale SCALE` against the
+   benchmark's server).
+3. Starts the server under gunicorn (2 workers per core, 4 threads each) and drives it from this process on loopback
+   with `--threads` clients, each workload bounded by a request count and a time limit per side. Next to every
+   workload, the floor: the same reads and queries (filter, sort, limit, count and include fetch as the server
+   compiles them) issued with pymongo on the same database.
+4. Workloads: read by id, vread, Observation by patient and code sorted by date, Encounters in a date window with
+   `_include`, a patient's chart page (the ten requests a portal makes on login), and transaction ingest of the
+   Synthea Bundles (a second server on a scratch database) next to `insert_many` of the very documents it stored.
+   Server and floor take turns (`--rounds`), so that a change of the machine's load weighs on both alike.
+   `bench/scheduling.py` (`$find` + `$book` with contention) and `bench/auth.py` are linked by their last reports,
+   or run with `--helpers` (each writes its own report). `Patient/$everything` and Bulk export do not exist yet.
+5. py-spy samples the server's workers during each workload (collapsed stacks under `<results>/profiles/`; the
+   top functions of the samples taken inside a request in the report: wall time, so waiting for the database and for
+   the GIL count too).
+6. Writes `<results>/run-<backend>[-<data>][-quick].json` and `.md` (machine, versions, settings, figures, targets;
+   `-<data>` for other data than datagen, e.g. `run-postgresql-seed-large`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pymongo import MongoClient
+
+from bench import search as sb
+from bench.datagen import Dataset, patient_id
+from bench.harness import (
+    RESULTS,
+    Profiler,
+    as_dict,
+    children,
+    machine,
+    py_spy,
+    rss_mb,
+    summarize,
+    top_functions,
+    write_report,
+)
+from bench.workloads import (
+    READS,
+    Context,
+    Job,
+    ReadWorkload,
+    floor_job,
+    ingest_floor,
+    ingest_server,
+    server_job,
+    stored_documents,
+    synthea_files,
+)
+from fhirserver.dbserver import pgindexes
+from fhirserver.store.database import Store
+
+REPO = Path(__file__).resolve().parent.parent
+INGEST_DB = "bench_ingest"  # the ingest server's scratch database; its floor writes to INGEST_DB + "_floor"
+TARGETS = {"read": 0.5, "search": 0.4, "ingest": 0.3, "tail": 3.0}
+
+
+# -- data sources ------------------------------------------------------------------------------------------------
+class DataSource(Protocol):
+    """Where the benchmark's data comes from. `identity()` is the cache key kept in the state folder's marker;
+    `fill()` loads the data through a running server and returns figures for the marker (`load`, `counts` and, when
+    it knows them, `patients` and `observations`: server ids to sample; otherwise they are read from the database)."""
+
+    def identity(self) -> dict: ...
+
+    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict: ...
+
+
+@dataclass
+class Generated:
+    """bench/datagen.py's deterministic clinic, loaded as transaction Bundles of up to `bundle_size` POSTs."""
+
+    dataset: Dataset
+    bundle_size: int = 500
+    threads: int = 3
+
+    def identity(self) -> dict:
+        return self.dataset.marker()  # the same key bench/search.py caches under: both share the loaded data
+
+    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict:
+        figures, assigned = sb.load(base, self.dataset, self.bundle_size, self.threads)
+        ds = self.dataset
+        return {"load": figures, "counts": ds.counts(),
+                "patients": [assigned[f"Patient/{patient_id(p)}"].split("/")[1] for p in range(ds.patients)],
+                "observations": [assigned[f"Observation/{o}"].split("/")[1] for o in ds.sample_observations()]}
+
+
+@dataclass
+class Seeded:
+    """`fhirserver seed --scale SCALE` (seed_data/) POSTing its transaction Bundles to the benchmark's server, with a
+    fixed seed and date anchor so that the cached data is the same every time."""
+
+    scale: str
+    seed: int = 1
+    today: str = "2026-12-01"
+
+    def identity(self) -> dict:
+        return {"source": "seed", "scale": self.scale, "seed": self.seed, "today": self.today}
+
+    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict:
+        env = {**os.environ, "MONGODB_URI": uri, "FHIR_DB_NAME": db_name}
+        argv = [sys.executable, "-m", "fhirserver.cli", "seed", "--scale", self.scale, "--seed", str(self.seed),
+                "--today", self.today, "--no-accounts", "--url", base]
+        began = time.perf_counter()
+        with log.open("ab") as out:
+            subprocess.run(argv, env=env, check=True, stdout=out, stderr=subprocess.STDOUT)
+        return {"load": {"command": " ".join(argv[2:]), "seconds": round(time.perf_counter() - began, 1)}}
+
+
+def data_source(spec: str) -> DataSource:
+    if spec == "datagen":
+        return Generated(Dataset())
+    if spec == "tiny":
+        return Generated(Dataset(patients=4, practitioners=3, observations=160), bundle_size=100, threads=2)
+    if spec.startswith("seed:"):
+        return Seeded(spec.split(":", 1)[1])
+    raise SystemExit(f"--data: {spec!r} is not datagen, tiny or seed:SCALE")
+
+
+def sample_ids(uri: str, db_name: str, n: int = 1000) -> dict:
+    """Server ids of up to `n` Patients and Observations, read from the database (for sources that do not say)."""
+    client = MongoClient(uri)
+    try:
+        db = client[db_name]
+        pick = {"del": False}
+        counts = {name: db[name].count_documents(pick) for name in db.list_collection_names()
+                  if name[:1].isupper()}
+        return {"patients": [d["_id"] for d in db.Patient.find(pick, {"_id": 1}).limit(n)],
+                "observations": [d["_id"] for d in db.Observation.find({**pick, "v": 1}, {"_id": 1}).limit(n)],
+                "counts": counts}
+    finally:
+        client.close()
+
+
+# -- database and data, cached -----------------------------------------------------------------------------------
+def prepare(source: DataSource, backend: str, state: Path, reload: bool, nested: bool
+            ) -> tuple[sb.Database, dict, bool]:
+    """Start the database of `state`, wiping it first when its marker names other data; (db, marker, fresh)."""
+    wanted = {"backend": backend, "dataset": source.identity()}
+    marker_path = state / sb.MARKER
+    marker = json.loads(marker_path.read_text()) if marker_path.exists() else {}
+    sb.stop_leftovers(state)
+    cached = not reload and {k: marker.get(k) for k in wanted} == wanted
+    if not cached and state.exists():
+        print(f"removing {state} (it holds other data or an unfinished load)", file=sys.stderr)
+        shutil.rmtree(state)
+    return sb.start_database(state, backend, nested=nested), marker if cached else wanted, not cached
+
+
+def fill(source: DataSource, database: sb.Database, marker: dict, workers: int) -> None:
+    """Load through the server, vacuum (PostgreSQL), and write the marker last (an interrupted load is redone)."""
+    print(f"loading {marker['dataset']} into {database.state} ...", file=sys.stderr, flush=True)
+    log = database.state / "server-load.log"
+    server, base = sb.start_server(database.ferret.uri, workers, log)
+    try:
+        marker.update(source.fill(base, database.ferret.uri, sb.DB_NAME, log))
+    finally:
+        server.terminate()
+        server.wait(30)
+    if database.pg is not None:
+        started = time.perf_counter()
+        sb.vacuum(database.pg)  # the GIN indexes follow in main() (gin_indexes), as for cached data
+        marker["load"]["vacuum_seconds"] = round(time.perf_counter() - started, 1)
+    if "patients" not in marker or "observations" not in marker:
+        marker.update({k: v for k, v in sample_ids(database.ferret.uri, sb.DB_NAME).items()
+                       if k not in marker})
+    (database.state / sb.MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    print(f"  loaded: {marker['load']}", file=sys.stderr, flush=True)
+
+
+def gin_indexes(pg: sb.PostgreSQL, keep: bool) -> dict:
+    """The GIN indexes the embedded PostgreSQL keeps beside FerretDB's (pgindexes.mirror, which the server runs on
+    its maintenance timer when it manages the database; the benchmark's server is given a MONGODB_URI, so the suite
+    runs it): created when missing (kept in the cached data), or dropped with `keep` False."""
+    started = time.perf_counter()
+    if keep:
+        created = pgindexes.mirror(pg)
+        return {"created": len(created), "seconds": round(time.perf_counter() - started, 1)}
+    names = pg.sql("SELECT schemaname || '.' || indexname FROM pg_indexes WHERE indexname LIKE '%\\_gin\\_%'",
+                   "ferretdb").split()
+    for name in names:
+        schema, index = name.split(".", 1)
+        pg.sql(f'DROP INDEX IF EXISTS "{schema}"."{index}"', "ferretdb")
+    return {"dropped": len(names), "seconds": round(time.perf_counter() - started, 1)}
+
+
+class Mirroring:
+    """pgindexes.mirror every few seconds in a thread while a fresh database fills (the ingest), as the server's
+    maintenance timer does on the embedded PostgreSQL."""
+
+    def __init__(self, pg: sb.PostgreSQL | None, every: float = 5.0) -> None:
+        self.pg, self.every = pg, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        if pg is not None:
+            self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                pgindexes.mirror(self.pg)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried on the next tick
+                print(f"  GIN mirror failed: {exc}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(120)
+
+
+# -- measuring ---------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Settings of one suite run."""
+
+    args: argparse.Namespace
+    name: str  # report name: run-<backend>[-quick][-tag]
+    results: Path
+    rows: list[dict] = field(default_factory=list)
+    profiles: dict[str, dict] = field(default_factory=dict)
+
+    def profile(self, workload: str, pid: int) -> Profiler | None:
+        if self.args.no_profile:
+            return None
+        return Profiler(pid, self.results / "profiles" / f"{self.name}-{workload}.txt", self.args.profile_rate)
+
+    def keep_profile(self, workload: str, profiler: Profiler | None) -> None:
+        if profiler is None:
+            return
+        if profiler.stop():
+            self.profiles[workload] = {"file": str(profiler.out.relative_to(self.results)),
+                                       **top_functions(profiler.out)}
+        else:
+            self.profiles[workload] = {"error": profiler.error}
+
+
+def measure_reads(run: Run, database: sb.Database, marker: dict, workloads: list[ReadWorkload]) -> dict:
+    """The read workloads on one server: warm-up and id check, server side (profiled), floor side."""
+    args = run.args
+    server, base = sb.start_server(database.ferret.uri, args.workers, database.state / f"server-{run.name}.log",
+                                   threads=args.server_threads)
+    store = Store(database.ferret.uri, sb.DB_NAME)
+    mongo = MongoClient(database.ferret.uri, maxPoolSize=args.threads * 2)[sb.DB_NAME]
+    client = sb.LongHTTP(base, args.request_timeout)
+    max_ms = int(args.request_timeout * 1000)
+    ctx = Context(marker["patients"], marker["observations"], marker["dataset"].get("seed", 1), base, store)
+    try:
+        for w in workloads:
+            jobs = w.jobs(ctx, args.requests + args.check)
+            load_before = os.getloadavg()[0]
+            correct, _ = sb.check(client, mongo, [r for job in jobs[:args.check] for r in job], max_ms, False)
+            timed = jobs[args.check:]
+            row: dict = {"workload": w.name, "title": w.title, "kind": w.kind, "requests_per_job": len(timed[0]),
+                         "correctness": correct, "rounds": args.rounds}
+            sides = {"server": lambda n, part: server_job(client, part[n]),
+                     "floor": lambda n, part: floor_job(mongo, part[n], max_ms)}
+            # Server and floor take turns (`rounds` times each, on their own slice of the jobs), so that a change of
+            # the machine's load in the middle of a workload weighs on both sides alike.
+            latencies: dict[str, list[float]] = {side: [] for side in sides}
+            errors = dict.fromkeys(sides, 0)
+            seconds = dict.fromkeys(sides, 0.0)
+            profiler = run.profile(w.name, server.pid)  # samples taken while the floor runs are not in requests
+            for k in range(args.rounds):
+                part = timed[k::args.rounds]
+                for side, fn in sides.items():
+                    m = sb.run_concurrently(f"{w.name}: {side}", lambda n, fn=fn, part=part: fn(n, part), len(part),
+                                            args.threads, args.max_seconds / args.rounds, latencies[side])
+                    errors[side] += m.errors
+                    seconds[side] += m.seconds
+                    if m.errors:  # timed-out queries may still run in FerretDB: let them end or restart it
+                        sb.settle(database, base)
+            run.keep_profile(w.name, profiler)
+            for side in sides:
+                row[side] = as_dict(summarize(f"{w.name}: {side}", latencies[side], errors[side], seconds[side]))
+            row["server"]["rss_mb"] = rss_mb(children(server.pid))
+            if len(timed[0]) > 1:
+                row["per_request"] = per_request(client, mongo, timed[:args.check or 1], max_ms)
+            if row["floor"]["per_second"]:
+                row["ratio"] = round(row["server"]["per_second"] / row["floor"]["per_second"], 3)
+            row["tail"] = round(row["server"]["p99_ms"] / row["server"]["p50_ms"], 2) if row["server"]["p50_ms"] \
+                else None
+            row["loadavg_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+            run.rows.append(row)
+            print(f"  {w.name}: server {row['server']['per_second']}/s p50 {row['server']['p50_ms']} ms p99 "
+                  f"{row['server']['p99_ms']} ms errors {row['server']['errors']}; floor {row['floor']['per_second']}/s"
+                  f" p50 {row['floor']['p50_ms']} ms; ratio {row.get('ratio')}; ids identical {correct['identical']}",
+                  file=sys.stderr, flush=True)
+        rss = {"server": rss_mb(children(server.pid)), "ferretdb": rss_mb([database.ferret.pid() or 0])}
+        if database.pg is not None:
+            rss["postgresql"] = rss_mb(database.pids()[1:])
+    finally:
+        server.terminate()
+        server.wait(30)
+        store.close()
+        mongo.client.close()
+    return rss
+
+
+def per_request(client: sb.LongHTTP, mongo, jobs: list[Job], max_ms: int) -> list[dict]:
+    """One client alone: each request of these jobs timed on the server and on the floor (mean ms per request of
+    the same position in the job), to show which part of a page costs what."""
+    out: list[dict] = []
+    for k in range(len(jobs[0])):
+        server_ms = floor_ms = 0.0
+        for job in jobs:
+            started = time.perf_counter()
+            client.request("GET", job[k].path)
+            server_ms += time.perf_counter() - started
+            started = time.perf_counter()
+            floor_job(mongo, [job[k]], max_ms)
+            floor_ms += time.perf_counter() - started
+        out.append({"request": jobs[0][k].path.split("?")[0].lstrip("/").split("/")[0],
+                    "server_ms": round(1000 * server_ms / len(jobs), 1),
+                    "floor_ms": round(1000 * floor_ms / len(jobs), 1)})
+    return out
+
+
+def measure_ingest(run: Run, database: sb.Database) -> None:
+    """The Synthea transaction Bundles through a second server on a scratch database, twice: first on fresh workers
+    (cold: each worker imports and builds the fhir.resources models and compiles the search parameters of every type
+    it meets for the first time), then again on the same workers (warm: the steady state, the figure compared with
+    the floor). Then the documents the warm pass stored, with insert_many into another scratch database."""
+    args = run.args
+    files = synthea_files(1, shared=False) if args.quick else synthea_files()  # quick: one patient's Bundle
+    if not files:
+        run.rows.append({"workload": "ingest", "skipped": "no Synthea Bundles found"})
+        return
+    bodies = [f.read_bytes() for f in files]
+    mongo = MongoClient(database.ferret.uri, maxPoolSize=args.threads * 2)
+    for name in (INGEST_DB, INGEST_DB + "_floor"):
+        mongo.drop_database(name)
+    server, base = sb.start_server(database.ferret.uri, args.workers, database.state / f"server-{run.name}-ingest.log",
+                                   db_name=INGEST_DB, threads=args.server_threads)
+    mirroring = Mirroring(None if args.no_gin else database.pg)
+    try:
+        profiler = run.profile("ingest-cold", server.pid)
+        cold, cold_resources, _ = ingest_server(base, bodies, args.ingest_threads, args.max_seconds * 4)
+        run.keep_profile("ingest-cold", profiler)
+        profiler = run.profile("ingest", server.pid)
+        m, resources, created = ingest_server(base, bodies, args.ingest_threads, args.max_seconds * 4)
+        run.keep_profile("ingest", profiler)
+        rss = rss_mb(children(server.pid))
+    finally:
+        mirroring.stop()
+        server.terminate()
+        server.wait(30)
+    try:
+        docs = stored_documents(mongo[INGEST_DB], created[:m.requests])
+        f, floor_resources = ingest_floor(mongo[INGEST_DB + "_floor"], docs, args.ingest_threads,
+                                          args.max_seconds * 4)
+    finally:
+        for name in (INGEST_DB, INGEST_DB + "_floor"):
+            mongo.drop_database(name)
+        mongo.close()
+    server_rate = round(resources / m.seconds, 1) if m.seconds else 0.0
+    cold_rate = round(cold_resources / cold.seconds, 1) if cold.seconds else 0.0
+    floor_rate = round(floor_resources / f.seconds, 1) if f.seconds else 0.0
+    row = {"workload": "ingest", "kind": "ingest",
+           "title": f"transaction ingest: {len(files)} Synthea Bundles, {args.ingest_threads} at a time "
+                    f"(resources/s), second pass on warm workers; floor: insert_many of the stored documents",
+           "server": {**as_dict(m), "resources": resources, "resources_per_second": server_rate, "rss_mb": rss},
+           "cold": {**as_dict(cold), "resources": cold_resources, "resources_per_second": cold_rate},
+           "floor": {**as_dict(f), "resources": floor_resources, "resources_per_second": floor_rate},
+           "ratio": round(server_rate / floor_rate, 3) if floor_rate else None}
+    run.rows.append(row)
+    print(f"  ingest: server {server_rate} resources/s ({m.requests} Bundles, {m.errors} errors; first pass "
+          f"{cold_rate}/s); floor "
+          f"{floor_rate} resources/s; ratio {row['ratio']}", file=sys.stderr, flush=True)
+
+
+def helper_benchmarks(run: Run, execute: bool) -> list[dict]:
+    """bench/scheduling.py (`$find` + `$book` with contention) and bench/auth.py (the cost of authorization), when
+    they exist: with `execute`, each runs as its own command (its own database and server, at most 480 s) and writes
+    its own report, bench/results/<name>.md; otherwise the suite links the last report each wrote. A failure is
+    recorded, not fatal."""
+    out = []
+    for name in ("scheduling", "auth"):
+        if not (REPO / "bench" / f"{name}.py").exists():
+            out.append({"benchmark": name, "status": "not present"})
+            continue
+        if not execute:
+            report = RESULTS / f"{name}.md"
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.stat().st_mtime)) if report.exists() \
+                else None
+            out.append({"benchmark": name, "status": f"last report {when}" if when else "no report yet (--helpers)",
+                        "report": f"bench/results/{name}.md" if when else ""})
+            continue
+        began = time.perf_counter()
+        argv = ["--backend", run.args.backend] if name == "scheduling" else []
+        proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=480)
+            status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the helper and the servers it started
+            output, _ = proc.communicate()
+            status = "timed out after 480 s"
+        out.append({"benchmark": name, "status": status, "seconds": round(time.perf_counter() - began, 1),
+                    "report": f"bench/results/{name}.md", "tail": "" if status == "ok" else output[-400:]})
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets, each with the measured value."""
+    out = []
+    for row in rows:
+        if "server" not in row:
+            continue
+        kind = row["kind"]
+        if row.get("ratio") is not None:
+            goal = TARGETS[kind]
+            out.append({"target": f"{row['workload']}: server/floor throughput >= {goal}", "value": row["ratio"],
+                        "met": row["ratio"] >= goal})
+        if kind != "ingest" and row.get("tail") is not None:
+            out.append({"target": f"{row['workload']}: p99 <= {TARGETS['tail']} x p50", "value": row["tail"],
+                        "met": row["tail"] <= TARGETS["tail"]})
+    return out
+
+
+def _cells(m: dict, rate: str = "per_second") -> str:
+    return f"{m['requests']} | {m['errors']} | {m[rate]} | {m['p50_ms']} | {m['p95_ms']} | {m['p99_ms']}"
+
+
+def summary(report: dict) -> list[str]:
+    """The compact table (also shown in the README): throughput of both sides, their ratio, the server's tail."""
+    lines = ["| workload | server | floor (pymongo) | server/floor | server p50 / p99 ms | p99/p50 server (floor) |",
+             "|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        if "server" not in row:
+            continue
+        ingest = row["kind"] == "ingest"
+        rate, unit = ("resources_per_second", "resources/s") if ingest else ("per_second", "pages/s" if
+                                                                            row["workload"] == "chart" else "req/s")
+        sv, fl = row["server"], row["floor"]
+        errors = f", {sv['errors']} errors" if sv["errors"] else ""
+        tail = f"{row['tail']} ({round(fl['p99_ms'] / fl['p50_ms'], 2) if fl['p50_ms'] else '-'})" \
+            if row.get("tail") else ""
+        lines.append(f"| {row['workload']} | {sv[rate]} {unit}{errors} | {fl[rate]} {unit} | {row.get('ratio')} | "
+                     f"{sv['p50_ms']} / {sv['p99_ms']} | {tail} |")
+    return lines
+
+
+def markdown(report: dict) -> list[str]:
+    s, mach, data = report["settings"], report["machine"], report["data"]
+    counts = data.get("counts") or {}
+    lines = [f"# Benchmark suite: {report['backend']}{' (quick)' if s['quick'] else ''}, {report['when']}", "",
+             f"Machine: {mach['cores']} cores, {mach['memory_mb']} MB, Python {mach['python']}. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+             f"Settings: {s['threads']} client threads on loopback; gunicorn {s['workers']} workers x "
+             f"{s['server_threads']} threads; FerretDB {s['ferretdb']}"
+             f"{'; GIN indexes beside FerretDB on PostgreSQL (pgindexes.mirror)' if s.get('pg_gin') else ''}; "
+             f"at most {s['requests']} jobs and "
+             f"{s['max_seconds']} s per side; authorization off; floor = pymongo in the driver process, same database.",
+             f"Data ({data['source']}): " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "."
+             + (" Loaded this run." if report["loaded_this_run"] else " Cached from an earlier run."), "",
+             *summary(report), "", "## Every figure", "",
+             "| workload | side | jobs | errors | jobs/s | p50 ms | p95 ms | p99 ms | p99/p50 | server/floor | "
+             "server RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        if "server" not in row:
+            lines.append(f"| {row['workload']} | {row.get('skipped', 'skipped')} | | | | | | | | | |")
+            continue
+        ingest = row["kind"] == "ingest"
+        rate = "resources_per_second" if ingest else "per_second"
+        label = f"{row['workload']}: {row['title']}"
+        lines.append(f"| {label} | server | {_cells(row['server'], rate)} | {row.get('tail') or ''} | "
+                     f"{row.get('ratio')} | {row['server']['rss_mb']} |")
+        if "cold" in row:
+            lines.append(f"|  | server, first pass (cold workers) | {_cells(row['cold'], rate)} | | | |")
+        lines.append(f"|  | floor | {_cells(row['floor'], rate)} | | | |")
+    for row in report["rows"]:
+        if row.get("per_request"):
+            lines += ["", f"{row['workload']}, each request alone (one client, mean ms, server / floor): " + ", ".join(
+                f"{p['request']} {p['server_ms']} / {p['floor_ms']}" for p in row["per_request"]) + "."]
+    lines += ["", "Jobs: one request, except the chart page (one job = its 10 requests in a row) and ingest (one job "
+              "= one Bundle; its rate column is resources/s). Server/floor is the ratio of throughputs.", "",
+              "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
+    checks = [f"{r['workload']} {r['correctness']['identical']}" for r in report["rows"] if "correctness" in r]
+    lines += ["", "Server ids = floor ids on the untimed warm-up requests: " + ", ".join(checks) + ".",
+              "RSS MB at the end: " + ", ".join(f"{k} {v}" for k, v in report["rss_mb"].items()) + "."]
+    if report["profiles"]:
+        lines += ["", "## Where the server's time goes (py-spy, server side of each workload, all workers)", ""]
+        for workload, p in report["profiles"].items():
+            if "error" in p:
+                lines.append(f"- {workload}: no profile ({p['error'].strip()[:200]})")
+                continue
+            own = ", ".join(f"{f['function']} {f['percent']}%" for f in p["self"][:6])
+            ours = ", ".join(f"{f['function']} {f['percent']}%" for f in p["project_total"] if f["percent"] < 99)
+            lines.append(f"- **{workload}** ({p['samples']} samples in requests, `{p['file']}`). Own time: {own}. "
+                         f"Project functions, total time: {ours}.")
+    if report["helpers"]:
+        lines += ["", "Other benchmarks: " + "; ".join(
+            f"{h['benchmark']} {h['status']}" + (f" ({h['report']})" if h.get("report") else "")
+            for h in report["helpers"]) + "."]
+    lines += ["", f"Run time {report['seconds']} s. Command: `{report['command']}`."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--data", default="datagen", help="datagen, tiny or seed:SCALE")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer requests, 8 s per side, one "
+                        "Synthea patient's Bundle")
+    parser.add_argument("--threads", type=int, help="client threads (16; quick 4)")
+    parser.add_argument("--requests", type=int, help="timed jobs per workload and side (2000; quick 100)")
+    parser.add_argument("--max-seconds", type=float, help="no job starts after this many seconds of a side (40; "
+                        "quick 8); ingest gets 4 times as long")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each side takes per workload, alternating")
+    parser.add_argument("--check", type=int, default=2, help="untimed warm-up jobs whose ids are compared")
+    parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, help="gunicorn workers (2 per core)")
+    parser.add_argument("--server-threads", type=int, default=4)
+    parser.add_argument("--ingest-threads", type=int, default=4, help="transaction Bundles in flight")
+    parser.add_argument("--only", help="comma-separated workloads, of " + ",".join([w.name for w in READS] +
+                                                                                     ["ingest"]))
+    parser.add_argument("--helpers", action="store_true", help="also run bench/scheduling.py and bench/auth.py "
+                        "(each writes its own report; without this flag their last reports are linked)")
+    parser.add_argument("--no-profile", action="store_true", help="do not attach py-spy")
+    parser.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
+    parser.add_argument("--ferretdb-default", action="store_true",
+                        help="FerretDB without --test-enable-nested-pushdown")
+    parser.add_argument("--no-gin", action="store_true",
+                        help="PostgreSQL: leave out the GIN indexes the embedded database keeps beside FerretDB's "
+                        "(fhirserver/dbserver/pgindexes.py)")
+    parser.add_argument("--state", type=Path, help="database folder (default .local/bench/<backend>, "
+                        ".local/bench/<backend>-<data> for other data than datagen)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="report folder (default bench/results)")
+    parser.add_argument("--tag", default="", help="suffix of the report's name")
+    parser.add_argument("--reload", action="store_true", help="wipe the cached database and load again")
+    args = parser.parse_args(argv)
+    args.threads = args.threads or (4 if args.quick else 16)
+    args.requests = args.requests or (100 if args.quick else 2000)
+    args.max_seconds = args.max_seconds or (8.0 if args.quick else 40.0)
+    args.workers = args.workers or 2 * (os.cpu_count() or 1)
+    os.environ["FHIR_AUTH"] = "off"  # the server under test answers without tokens: the workloads alone
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the database on the way out
+
+    only = set(args.only.split(",")) if args.only else None
+    source = data_source(args.data)
+    # one folder per data source, so that switching sources never wipes another's cached load
+    folder = args.backend if args.data == "datagen" else f"{args.backend}-{args.data.replace(':', '-')}"
+    state = (args.state or REPO / ".local" / "bench" / folder).resolve()
+    name = f"run-{folder}" + "-quick" * args.quick + (f"-{args.tag}" if args.tag else "")
+    run = Run(args, name, args.results.resolve())
+    began = time.perf_counter()
+    database, marker, fresh = prepare(source, args.backend, state, args.reload, not args.ferretdb_default)
+    try:
+        if fresh:
+            fill(source, database, marker, args.workers)
+        found = sb.versions(database)
+        if py_spy():
+            found["py-spy"] = subprocess.run([py_spy() or "", "--version"], capture_output=True,
+                                             text=True).stdout.split()[-1]
+        if database.pg is not None:
+            sb.gin_indexes(database.pg, create=False)  # bench/search.py --pg-gin's, if an interrupted run left them
+            found["gin_indexes"] = gin_indexes(database.pg, not args.no_gin)
+        rss = measure_reads(run, database, marker, [w for w in READS if only is None or w.name in only])
+        if only is None or "ingest" in only:
+            measure_ingest(run, database)
+    finally:
+        database.stop()
+    helpers = [] if args.quick else helper_benchmarks(run, args.helpers)
+    report = {
+        "benchmark": "suite", "backend": args.backend, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(), "versions": found,
+        "settings": {"quick": args.quick, "threads": args.threads, "requests": args.requests,
+                     "max_seconds": args.max_seconds, "rounds": args.rounds, "check": args.check,
+                     "request_timeout": args.request_timeout,
+                     "workers": args.workers, "server_threads": args.server_threads,
+                     "ingest_threads": args.ingest_threads, "page_size": sb.PAGE, "fhir_auth": "off",
+                     "ferretdb": "default" if args.ferretdb_default else "--test-enable-nested-pushdown",
+                     "pg_gin": args.backend == "postgresql" and not args.no_gin,
+                     "profile_rate": None if args.no_profile else args.profile_rate},
+        "data": {"source": args.data, "identity": marker["dataset"], "counts": marker.get("counts"),
+                 "load": marker.get("load")},
+        "loaded_this_run": fresh, "rows": run.rows, "targets": targets(run.rows), "rss_mb": rss,
+        "profiles": run.profiles, "helpers": helpers, "seconds": round(time.perf_counter() - began, 1),
+    }
+    path = write_report(name, report, markdown(report), run.results)
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
