@@ -209,7 +209,6 @@ def test_cors_well_known_endpoint(world: Health):
     assert response.headers.get("Access-Control-Allow-Origin") in (origin, "*")
 
 
-@pytest.mark.xfail(strict=True, reason="the FHIR blueprint sends no CORS headers yet (fhirserver/api, not smart_auth)")
 def test_cors_metadata_request(world: Health):
     origin = "https://inferno.example"
     response = requests.get(f"{world.server.base}/metadata", headers={"Origin": origin,
@@ -713,7 +712,6 @@ def test_cors_token_exchange(world: Health):
     assert response.headers.get("Access-Control-Allow-Origin") in (origin, "*")
 
 
-@pytest.mark.xfail(strict=True, reason="the FHIR blueprint sends no CORS headers yet (fhirserver/api, not smart_auth)")
 def test_cors_openid_fhir_user_claim(world: Health, standalone: Launch, jwks: KeySet):
     """`cors_openid_fhir_user_claim`: the fhirUser read with an Origin gets Access-Control-Allow-Origin."""
     claims = jwt.decode(standalone.token["id_token"], jwks, algorithms=["RS256"]).claims

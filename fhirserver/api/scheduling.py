@@ -8,6 +8,7 @@ from flask import Blueprint, request
 
 from fhirserver.api import context
 from fhirserver.api.bodies import json_body
+from fhirserver.api.cors import add_cors_headers
 from fhirserver.api.negotiation import check_accept
 from fhirserver.api.render import render
 from fhirserver.operations import book, find, hold
@@ -15,6 +16,7 @@ from fhirserver.operations.find import Params
 
 scheduling = Blueprint("scheduling", __name__, url_prefix="/fhir")
 scheduling.before_request(check_accept)
+scheduling.after_request(add_cors_headers)
 
 
 def _params(bare_appointment: bool = False) -> Params:
