@@ -74,8 +74,12 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--host", default=None, help="listen address (FHIR_HOST)")
 @click.option("--port", type=int, default=None, help="listen port (FHIR_PORT)")
-def run(host: str | None, port: int | None) -> None:
-    """Start the embedded database when needed, then serve; stops what it started on exit."""
+@click.option("--demo/--no-demo", default=None,
+              help="load the small demo health system and its demo accounts into an empty database (default: only "
+                   "on the embedded database, never on a MONGODB_URI one)")
+def run(host: str | None, port: int | None, demo: bool | None) -> None:
+    """Start the embedded database when needed, load the demo into an empty database, then serve; stops what it
+    started on exit."""
     from fhirserver import dbserver
 
     settings = _settings(host=host, port=port)
@@ -83,8 +87,13 @@ def run(host: str | None, port: int | None) -> None:
     started = time.perf_counter()
     uri = _db_call(dbserver.start, settings)
     click.echo(f"database ready at {uri} ({time.perf_counter() - started:.1f}s)", err=True)
-    click.echo(f"FHIR base: {settings.base_url}  (metadata: {settings.base_url}/metadata)", err=True)
     try:
+        if demo or (demo is None and settings.embedded_database):
+            from seed_data.demo import seed_if_empty
+
+            for line in seed_if_empty(settings):
+                click.echo(line, err=True)
+        click.echo(f"FHIR base: {settings.base_url}  (metadata: {settings.base_url}/metadata)", err=True)
         serve_forever(settings)
     finally:
         if started_here:
@@ -266,6 +275,95 @@ def auth_add_user(username: str, fhir_user: str, admin: bool, email: str | None,
         click.echo(f"fhirserver: {exc}", err=True)
         sys.exit(1)
     click.echo(json.dumps({"username": user.username, "fhirUser": user.fhir_user, "roles": list(user.roles)}))
+
+
+# -- seed data and imports -------------------------------------------------------------------------------------------
+
+
+def _sink(settings: Settings, url: str | None, token: str | None):
+    """HTTP to a running server at `url`, else the Transaction interaction in this process on the database."""
+    from seed_data.loader import HttpSink, StoreSink
+
+    if url:
+        return HttpSink(url, token)
+    from fhirserver.store.database import Store
+
+    store = Store(settings.database_uri, settings.db_name, settings.db_timeout, settings.commit_timeout)
+    return StoreSink(store, settings.base_url)
+
+
+def _load_options(fn):
+    for option in reversed([
+        click.option("--url", default=None, help="FHIR base of a running server to load through (HTTP); default: "
+                                                 "this process writes through the same Transaction interaction"),
+        click.option("--token", envvar="FHIR_TOKEN", default=None, help="bearer token for --url (FHIR_TOKEN)"),
+        click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=250, show_default=True,
+                     help="resources per transaction Bundle"),
+        click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
+                     help="transactions in flight at once"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@main.command("seed")
+@click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True)
+@click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="same seed, same data")
+@click.option("--today", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="the date anchor (default: today): history is dated back from it and slots cover the 8 weeks "
+                   "from it; same seed and same anchor give the same data")
+@click.option("--accounts/--no-accounts", default=True, show_default=True,
+              help="also create the demo users and SMART clients (on the configured database)")
+@click.option("--conditional", is_flag=True, help="ifNoneExist on every created resource (for concurrent loaders; "
+                                                  "slow on large databases)")
+@_load_options
+def seed_command(scale: str, seed_value: int, today, accounts: bool, conditional: bool, url: str | None,
+                 token: str | None, batch_size: int, workers: int) -> None:
+    """Load a generated health system (small: a demo; large: 10,000 members and over 1,000,000 resources)."""
+    from datetime import date
+
+    from seed_data import generator
+    from seed_data.demo import progress_load
+    from seed_data.loader import LoadError
+
+    settings = _settings()
+    anchor = today.date() if today else date.today()
+    click.echo(f"seed {seed_value}, scale {scale}, anchor {anchor.isoformat()}", err=True)
+    try:
+        summary = progress_load(generator.groups(seed_value, scale, anchor), _sink(settings, url, token),
+                                generator.estimate(scale), f"seeding {scale}", batch_size, workers, conditional)
+    except LoadError as exc:
+        click.echo(f"fhirserver: {exc}", err=True)
+        sys.exit(1)
+    for line in summary.lines():
+        click.echo(line)
+    if accounts:
+        from seed_data.accounts import create_accounts
+
+        made = create_accounts(_auth_db(settings), seed_value, scale, anchor, settings.state_dir / "keys")
+        for line in made.lines(url or settings.base_url):
+            click.echo(line)
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@_load_options
+def import_command(paths: tuple[str, ...], url: str | None, token: str | None, batch_size: int,
+                   workers: int) -> None:
+    """Load FHIR Bundles (.json) and NDJSON files (.ndjson, .ndjson.gz) or folders of them; twice adds nothing."""
+    from seed_data import importer
+    from seed_data.demo import progress_load
+    from seed_data.loader import LoadError
+
+    settings = _settings()
+    try:
+        summary = progress_load(importer.groups(paths), _sink(settings, url, token), importer.count(paths),
+                                "importing", batch_size, workers)
+    except (LoadError, importer.UnreadableFile) as exc:
+        click.echo(f"fhirserver: {exc}", err=True)
+        sys.exit(1)
+    for line in summary.lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":
