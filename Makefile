@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install ferretdb run test lint definitions db-start db-stop db-status clean bench
+.PHONY: install ferretdb validator run test lint definitions db-start db-stop db-status clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ ferretdb: $(STAMP)
 run: ferretdb
 	$(BIN)/fhirserver run
 
-test: ferretdb
+# HAPI FHIR validator harness (Java 17 + Maven; first build downloads HAPI from Maven Central): the jar is cached
+# under .local/validator/ and rebuilt only when conformance/validator/ changes. The test suite validates every
+# FHIR body the server returns with it (FHIR_VALIDATE=0 turns that off).
+validator: $(STAMP)
+	$(BIN)/python -m conformance.validator build
+
+test: ferretdb validator
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -52,8 +52,23 @@ def _resource_entry(rtype: str) -> dict:
         "searchInclude": ["*", *_references(rtype)],
         "searchRevInclude": _revincludes(rtype),
         "searchParam": _search_params(rtype),
-        "operation": [{"name": "validate", "definition": VALIDATE}],
+        "operation": [{"name": "validate", "definition": VALIDATE}, *TYPE_OPERATIONS.get(rtype, [])],
     }
+
+
+ARGONAUT = "http://fhir.org/guides/argonaut-scheduling/OperationDefinition"
+SERVER_OPERATIONS = "urn:fhirserver:OperationDefinition"
+# Operations beyond $validate, per type (fhirserver/operations/, README "Scheduling").
+TYPE_OPERATIONS: dict[str, list[dict]] = {
+    "Appointment": [
+        {"name": "find", "definition": f"{ARGONAUT}/appointment-find"},
+        {"name": "hold", "definition": f"{ARGONAUT}/appointment-hold"},
+        {"name": "book", "definition": f"{ARGONAUT}/appointment-book"},
+        {"name": "reschedule", "definition": f"{SERVER_OPERATIONS}/Appointment-reschedule"},
+        {"name": "cancel", "definition": f"{SERVER_OPERATIONS}/Appointment-cancel"},
+        {"name": "noshow", "definition": f"{SERVER_OPERATIONS}/Appointment-noshow"},
+    ],
+}
 
 
 @cache

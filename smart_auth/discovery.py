@@ -60,6 +60,9 @@ TOKEN_ENDPOINT_AUTH_METHODS: tuple[str, ...] = (
 SIGNING_ALGS: tuple[str, ...] = ("RS384", "ES384")
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+# The sub-extensions the R4 definition of oauth-uris allows (hl7.fhir.r4.core 4.0.1 extension-definitions; HAPI's
+# validator refuses any other, e.g. introspect or revoke).
+OAUTH_URIS_NAMES = ("authorize", "token", "register", "manage")
 SECURITY_SERVICE_SYSTEM = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 ENDPOINT_NAMES = ("authorize", "token", "register", "manage", "introspect", "revoke", "jwks")
 
@@ -131,8 +134,9 @@ def smart_configuration(
 
 def capability_security_extension(endpoints: Mapping[str, str], fhir_base: str | None = None) -> dict[str, Any]:
     """`CapabilityStatement.rest.security` for a SMART-protected server: `cors`, the `SMART-on-FHIR` service coding
-    (restful-security-service) and the `oauth-uris` extension with one `valueUri` sub-extension per endpoint
-    (authorize, token, register, manage, introspect, revoke). `fhir_base` resolves relative paths."""
+    (restful-security-service) and the `oauth-uris` extension with one `valueUri` sub-extension per endpoint it
+    defines (`OAUTH_URIS_NAMES`; introspection and revocation are in the SMART configuration only). `fhir_base`
+    resolves relative paths."""
     if fhir_base is not None:
         urls = resolve_endpoints(fhir_base, endpoints)
     else:
@@ -142,7 +146,7 @@ def capability_security_extension(endpoints: Mapping[str, str], fhir_base: str |
                 raise ValueError(f"endpoint {name!r} must be absolute without fhir_base, got {url!r}")
     sub = [
         {"url": name, "valueUri": urls[name]}
-        for name in ("authorize", "token", "register", "manage", "introspect", "revoke") if name in urls
+        for name in OAUTH_URIS_NAMES if name in urls
     ]
     security: dict[str, Any] = {
         "cors": True,

@@ -8,6 +8,9 @@ import pytest
 
 from tests.servers import ServerProcess, serve, start_ferretdb
 
+# Every FHIR body the server returns goes through HAPI's validator (FHIR_VALIDATE=0 turns it off): see the plugin.
+pytest_plugins = ["tests.validator_plugin"]
+
 
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory):

@@ -96,6 +96,7 @@ FIXED_VALUES: dict[str, Any] = {
     "Extension": {"url": "http://example.org/extension", "valueString": "a"},
     "Narrative": {"status": "generated", "div": XHTML},
     "Resource": {"resourceType": "Basic", "code": {"text": "a"}},
+    "Expression": {"language": "text/fhirpath", "expression": "true"},  # exp-1; language from expression-language
 }
 # fhir.resources R4B (the server's validation models) redesigned Evidence; this R4B-shaped instance only serves to
 # keep walking the other interactions of the type when the R4 instance is refused (which is itself a finding).
@@ -105,11 +106,17 @@ R4B_FALLBACK: dict[str, dict] = {
 }
 
 
-def _code(owner: str, path: str) -> str:
-    """A code of the required binding on `owner.path` (the first in sort order), else "a"."""
+def _bound(owner: str, path: str) -> tuple[str, str] | None:
+    """The (system, code) of the required binding on `owner.path` first in sort order; None when unbound."""
     url = required_bindings(owner).get(f"{owner}.{path}")
     codes = valueset_codes(url) if url else None
-    return sorted(code for _, code in codes)[0] if codes else "a"
+    return min(codes, key=lambda pair: (pair[1], pair[0])) if codes else None
+
+
+def _code(owner: str, path: str) -> str:
+    """A code of the required binding on `owner.path` (the first in sort order), else "a"."""
+    bound = _bound(owner, path)
+    return bound[1] if bound else "a"
 
 
 def _datatype(type_name: str) -> dict:
@@ -126,8 +133,16 @@ def _datatype(type_name: str) -> dict:
     return {path: value if element["max"] == "1" else [value]}
 
 
+# Values the server's scheduling rules need (a slot ends after it starts and is busy only through a booked
+# appointment; an Appointment that occupies slots needs slots that exist): a free slot and a proposed appointment.
+SCHEDULING_VALUES: dict[str, Any] = {"Slot.end": "2020-01-01T00:30:00Z", "Slot.status": "free",
+                                     "Appointment.status": "proposed"}
+
+
 def _value(owner: str, defs: dict[str, dict], path: str, type_name: str) -> Any:
     """A value for the element `path` of `owner` of type `type_name`."""
+    if f"{owner}.{path}" in SCHEDULING_VALUES:
+        return SCHEDULING_VALUES[f"{owner}.{path}"]
     if type_name == "code":
         return _code(owner, path)
     if type_name in PRIMITIVE_VALUES:
@@ -184,6 +199,7 @@ RICH_DATATYPES: dict[str, Any] = {
     "ContactPoint": {"system": "phone", "value": "walk", "use": "home"},
     "Attachment": {"contentType": "text/plain", "url": "http://example.org/walk", "title": "walk"},
     "Timing": {"event": ["2020-01-01"]}, "Annotation": {"text": "walk"}, "Dosage": {"text": "walk"},
+    "Expression": FIXED_VALUES["Expression"],
     "UsageContext": {"code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type", "code": "focus"},
                      "valueCodeableConcept": _CONCEPT},
 }
@@ -195,6 +211,22 @@ RICH_META = {"tag": [{"system": WALK_SYSTEM, "code": "walk"}], "security": [{"sy
              "profile": ["http://example.org/walk"], "source": "http://example.org/walk"}
 # Resource-level elements left out of rich resources (meta is set apart; the others are not searched).
 RICH_SKIPPED = {"id", "extension", "modifierExtension", "contained", "meta", "implicitRules", "language", "text"}
+# Elements whose value set HAPI's validator checks although the binding is not required (languages: BCP-47 only;
+# UCUM units), or whose required value set the server cannot enumerate (LOINC answer list LL379-9): real codes.
+_LANGUAGE = {"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}], "text": "English"}
+_UCUM_CONCEPT = {"coding": [{"system": UCUM, "code": "mg"}], "text": "mg"}
+RICH_BOUND: dict[str, Any] = {
+    "ClaimResponse.processNote.language": _LANGUAGE, "ExplanationOfBenefit.processNote.language": _LANGUAGE,
+    "Patient.communication.language": _LANGUAGE, "RelatedPerson.communication.language": _LANGUAGE,
+    "Practitioner.communication": _LANGUAGE, "HealthcareService.communication": _LANGUAGE,
+    "CodeSystem.concept.designation.language": "en", "ValueSet.compose.include.concept.designation.language": "en",
+    "ValueSet.expansion.contains.designation.language": "en",
+    "ObservationDefinition.quantitativeDetails.customaryUnit": _UCUM_CONCEPT,
+    "ObservationDefinition.quantitativeDetails.unit": _UCUM_CONCEPT,
+    "ResearchElementDefinition.characteristic.unitOfMeasure": _UCUM_CONCEPT,
+    "MolecularSequence.structureVariant.variantType": {"coding": [{"system": "http://loinc.org", "code": "LA6692-3"}],
+                                                       "text": "Deletion"},
+}
 RICH_DEPTH = 3
 _SIMPLE_PATH = re.compile(r"\(?([A-Za-z]+(?:\.[A-Za-z]+)+)(?: as \w+\)?|\.where\(resolve\(\) is (\w+)\))?")
 
@@ -223,12 +255,18 @@ def _rich_reference(owner: str, path: str) -> dict:
 
 def _rich_value(owner: str, defs: dict[str, dict], path: str, type_name: str, depth: int) -> Any:
     """A value for the element `path` of `owner`; None to leave it out."""
+    if f"{owner}.{path}" in RICH_BOUND:
+        return RICH_BOUND[f"{owner}.{path}"]
+    if f"{owner}.{path}" in SCHEDULING_VALUES:
+        return SCHEDULING_VALUES[f"{owner}.{path}"]
     if type_name == "code":
         return _code(owner, path)
     if type_name in RICH_PRIMITIVES:
         return RICH_PRIMITIVES[type_name]
     if type_name == "Reference":
         return _rich_reference(owner, path)
+    if type_name == "CodeableConcept" and (bound := _bound(owner, path)):  # a required binding wants its coding
+        return {"coding": [{"system": bound[0], "code": bound[1]}], "text": "walk"}
     if type_name in RICH_DATATYPES:
         return RICH_DATATYPES[type_name]
     if type_name in ("BackboneElement", "Element"):
@@ -246,6 +284,9 @@ def _rich_children(owner: str, defs: dict[str, dict], prefix: str, depth: int = 
     for path, element in sorted(defs.items()):
         parent, _, name = path.rpartition(".")
         if parent != prefix or (not prefix and name in RICH_SKIPPED):
+            continue
+        if name == "id":  # an element id, unique in the resource as R4 wants it (one instance per path here)
+            out["id"] = "walk-" + prefix.replace(".", "-")
             continue
         type_name = element["types"][0]
         key = name[:-3] + type_name[0].upper() + type_name[1:] if name.endswith("[x]") else name
@@ -385,8 +426,12 @@ OFFICIAL_OPERATIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "CapabilityStatement": {"conforms": ("type",), "implements": ("instance",), "subset": ("instance",)},
     "NamingSystem": {"preferred-id": ("type",)},
     "Claim": {"submit": ("type",)},
-    "Appointment": {"find": ("type",), "hold": ("type", "instance"), "book": ("type", "instance")},
+    "Appointment": {"find": ("type",), "hold": ("type", "instance"), "book": ("type", "instance"),
+                    "reschedule": ("instance",), "cancel": ("instance",), "noshow": ("instance",)},
 }
+# Operations that cannot succeed on empty Parameters (a period, a slot, a hold, an appointment in another state):
+# when declared, an OperationOutcome 400/409/422 shows they are there (test_scheduling.py covers them in full).
+NEEDS_INPUT = {("Appointment", name) for name in ("find", "hold", "book", "reschedule", "cancel", "noshow")}
 SYSTEM_OPERATIONS = ("meta", "convert", "graphql", "process-message", "closure", "versions", "export", "reindex",
                      "expunge", "diff", "lastn")
 
@@ -640,7 +685,9 @@ def walk_type_operations(w: Walker, entry: dict, resource: dict) -> None:
         # Every operation may be invoked with POST (https://hl7.org/fhir/R4/operations.html#executing).
         responses = [w.call("POST", f"{rtype}/${name}" if level == "type" else f"{rtype}/{rid}/${name}",
                             json={"resourceType": "Parameters"}) for level in levels or ("type",)]
-        working = [r for r in responses if 200 <= r.status_code < 300]
+        working = [r for r in responses if 200 <= r.status_code < 300 or (
+            (rtype, name) in NEEDS_INPUT and r.status_code in (400, 409, 422)
+            and body(r).get("resourceType") == "OperationOutcome")]
         judge(f"${name}", name in declared, bool(working), (working or responses)[0])
 
 

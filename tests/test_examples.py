@@ -59,7 +59,8 @@ TIMEOUT = 300  # seconds per request: the largest example is a 35 MB Bundle
 INVALID = "INVALID EXAMPLE"  # the example violates FHIR R4 itself
 NOT_IN_R4B = "R4 ELEMENT NOT IN R4B"  # valid R4 that the R4B validation models cannot express
 SERVER_BUG = "SERVER BUG"  # the server is wrong; listed so the suite passes until it is fixed
-CATEGORIES = (INVALID, NOT_IN_R4B, SERVER_BUG)
+SERVER_RULE = "SERVER RULE"  # valid R4 that a documented rule of this server refuses (README, "Scheduling")
+CATEGORIES = (INVALID, NOT_IN_R4B, SERVER_BUG, SERVER_RULE)
 
 
 @pytest.fixture(scope="module")

@@ -406,7 +406,8 @@ def test_binding_on_recursive_and_shared_backbones() -> None:
 
 
 def test_codeable_concept_binding() -> None:
-    """A required CodeableConcept binding is checked only on codings from the value set's systems."""
+    """A CodeableConcept with a required binding needs at least one coding (system and code) from the value set:
+    text alone, codings of other systems only, or a code without its system are refused."""
     base = {"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "code": {"text": "flu"}}
     system = "http://terminology.hl7.org/CodeSystem/condition-clinical"
     good = {**base, "clinicalStatus": {"coding": [{"system": system, "code": "active"}]}}
@@ -414,8 +415,15 @@ def test_codeable_concept_binding() -> None:
     bad = {**base, "clinicalStatus": {"coding": [{"system": system, "code": "banana"}]}}
     issue = only(issues_of(bad))
     assert (issue.code, issue.expression) == ("code-invalid", ["Condition.clinicalStatus"])
-    assert issues_of({**base, "clinicalStatus": {"text": "active"}}) == []
-    assert issues_of({**base, "clinicalStatus": {"coding": [{"system": "http://other", "code": "x"}]}}) == []
+    for concept in ({"text": "active"}, {"coding": [{"system": "http://other", "code": "x"}]},
+                    {"coding": [{"code": "active"}]}, {"coding": [{"system": system, "display": "Active"}]},
+                    {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                                    "valueCode": "unknown"}]}):
+        issue = only(issues_of({**base, "clinicalStatus": concept}))
+        assert (issue.code, issue.expression) == ("code-invalid", ["Condition.clinicalStatus"]), concept
+        assert "http://hl7.org/fhir/ValueSet/condition-clinical" in issue.diagnostics
+    also_other = {"coding": [{"system": "http://other", "code": "x"}, {"system": system, "code": "active"}]}
+    assert issues_of({**base, "clinicalStatus": also_other}) == []  # one coding from the value set is enough
 
 
 def test_every_required_binding_reaches_a_model_field() -> None:

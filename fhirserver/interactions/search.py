@@ -6,6 +6,7 @@ stored JSON as it is (`orjson.Fragment`) unless `_summary` or `_elements` asks f
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -66,8 +67,18 @@ def _entry(base: str, s: Stored, summary: str | None, elements: list[str] | None
 
 
 def _outcome_entry(issues: list[Issue]) -> dict:
-    return {"resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
+    """The OperationOutcome entry (search mode `outcome`); it has no id on the server, so its fullUrl is a fresh
+    `urn:uuid:` (a searchset entry must have a fullUrl: HAPI's BUNDLE_BUNDLE_ENTRY_FULLURL_REQUIRED)."""
+    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
             "search": {"mode": "outcome"}}
+
+
+def link_query(pairs: list[tuple[str, str]]) -> str:
+    """The query string of a self/next link: percent-encoded, except that commas stay literal as clients write them
+    (`_type=Patient,Observation`, `code=a,b`). A comma means the same either way to this server, but readers of
+    the link such as HAPI's validator split on the literal comma only."""
+    return urlencode(pairs, safe=",")
 
 
 def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str]], paging: Paging,
@@ -166,9 +177,9 @@ def _searchset(store: Store, base: str, path: str, targets: list[tuple[str, dict
     kept = [*parsed.applied, *(plan.self_link_params() if plan else []),
             *[(k, v) for k in ("_sort", "_summary", "_elements", "_total") for v in control.get(k, [])],
             ("_count", str(count))]
-    links = [{"relation": "self", "url": f"{path}?{urlencode(kept + ([('_cursor', cursor)] if cursor else []))}"}]
+    links = [{"relation": "self", "url": f"{path}?{link_query(kept + ([('_cursor', cursor)] if cursor else []))}"}]
     if next_cursor:
-        links.append({"relation": "next", "url": f"{path}?{urlencode([*kept, ('_cursor', next_cursor)])}"})
+        links.append({"relation": "next", "url": f"{path}?{link_query([*kept, ('_cursor', next_cursor)])}"})
     entries = [_entry(base, s, summary, elements, "match") for s in page]
     if plan and page:
         def reach(rtype: str) -> dict | None:

@@ -121,6 +121,7 @@ def run_offers(store: Store, base: str, hold: Hold, notices: AppointmentNotices,
                at: datetime | None = None) -> dict[str, int]:
     """One pass over the waitlist (see the module docstring); counts of offers made and entries closed."""
     counts = {"offered": 0, "closed": 0, "waiting": 0}
+    reserved: set[str] = set()  # slots an earlier entry holds or is being offered: later entries must not take them
     for entry, version in active_entries(store, at):
         offers = [o for o in store.db[OFFERS].find({"entry": entry["id"]}) if not _abandoned(store, o)]
         holds = {o["hold"]: _status(store, o["hold"]) for o in offers if o.get("hold")}
@@ -131,24 +132,29 @@ def run_offers(store: Store, base: str, hold: Hold, notices: AppointmentNotices,
             continue
         if any(status == "pending" for status in holds.values()) or any(not o.get("hold") for o in offers):
             counts["waiting"] += 1  # an offer is on hold (or being made): the patient has it for now
+            reserved.update(o["slot"] for o in offers if not o.get("hold") or holds.get(o["hold"]) == "pending")
             continue
-        counts["offered"] += offer_next(store, entry, {o["slot"] for o in offers}, hold, notices, at)
+        counts["offered"] += offer_next(store, entry, {o["slot"] for o in offers}, hold, notices, at, reserved)
     return counts
 
 
 def offer_next(store: Store, entry: dict, offered: set[str], hold: Hold, notices: AppointmentNotices,
-               at: datetime | None = None) -> bool:
-    """Hold the earliest matching slot not yet offered to this entry and notify its patient."""
+               at: datetime | None = None, reserved: set[str] | None = None) -> bool:
+    """Hold the earliest matching slot not yet offered to this entry (nor `reserved` for an earlier entry) and
+    notify its patient. A slot another runner is offering to this same entry is reserved for it, so that a later
+    entry never overtakes an earlier one while both runners race."""
+    reserved = set() if reserved is None else reserved
     criteria = Criteria.of(entry)
     for slot in matching_slots(store, criteria, at):
-        if slot["id"] in offered:
+        if slot["id"] in offered or slot["id"] in reserved:
             continue
         key = f"{entry['id']}|{slot['id']}"
         try:
             store.db[OFFERS].insert_one({"_id": key, "entry": entry["id"], "slot": slot["id"],
                                          "patient": criteria.patient, "ts": now()})
         except DuplicateKeyError:
-            continue
+            reserved.add(slot["id"])  # another runner offers it to this entry right now
+            return False
         try:
             appointment, expires = hold(criteria.patient, slot, entry)
         except FHIRError as exc:

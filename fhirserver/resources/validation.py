@@ -617,16 +617,25 @@ class _Walker:
             self.add("code-invalid", path, f"Code '{code}' is not in the required value set {url}")
 
     def codeable_concept(self, concept: dict[str, Any], path: str, url: str) -> None:
-        """A CodeableConcept with codings from the value set's systems must have one of its codes."""
+        """A CodeableConcept bound to a required value set must have at least one coding (system and code) from it;
+        text alone, extensions alone, or codings of other systems only are not enough (R4 terminologies.html#required:
+        "the concept in this element SHALL be from the specified value set")."""
         vs = _valueset(url)
-        codings = concept.get("coding")
-        if vs is None or not isinstance(codings, list):
+        if vs is None:
             return
-        relevant = [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
-        relevant = [(s, c) for s, c in relevant if isinstance(s, str) and isinstance(c, str) and s in vs[1]]
-        if relevant and not any(pair in vs[2] for pair in relevant):
-            shown = ", ".join(f"{s}|{c}" for s, c in relevant)
-            self.add("code-invalid", path, f"None of the codings ({shown}) is in the required value set {url}")
+        codings = concept.get("coding")
+        pairs = [(c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
+                 for c in (codings if isinstance(codings, list) else []) if isinstance(c, dict)
+                 and isinstance(c.get("code"), str)]
+        if any(pair in vs[2] for pair in pairs):
+            return
+        if not pairs:
+            self.add("code-invalid", path, f"No coding given; a coding from the required value set {url} is required "
+                     "(text alone is not enough)")
+            return
+        shown = ", ".join(f"{s or '(no system)'}|{c}" for s, c in pairs)
+        self.add("code-invalid", path, f"None of the codings ({shown}) is in the required value set {url}; "
+                 "one of them must be (with its system)")
 
     def reference(self, ref: dict[str, Any], path: str) -> None:
         """``Reference.reference``: Type/id[/_history/vid], an absolute URL, #id, or (if allowed) Type?query."""
