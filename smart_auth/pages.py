@@ -1,5 +1,6 @@
 """The pages a person sees during authorization: sign-in, second factor, patient picker, consent, app-access
-management, and the error page. Server-rendered HTML forms; no JavaScript needed.
+management, account self-service (forgotten password, reset link, TOTP enrolment) and the error page.
+Server-rendered HTML forms; no JavaScript needed.
 
 State (DESIGN.md "Scale": nothing in a process that another process needs):
 - the browser holds a Flask session cookie (signed with FHIR_SECRET_KEY) carrying only an opaque session id `sid`;
@@ -10,6 +11,10 @@ State (DESIGN.md "Scale": nothing in a process that another process needs):
 - `auth_requests`: the checked authorization request (`AuthorizeRequest`), `_id` = a random request id `rid` that
   the pages carry; it is honoured only from the browser whose binding it holds, and finished once (unique insert
   of "request:<rid>" into `auth_consumed`), so a double-submitted consent yields one code.
+
+Recovery codes between "enable" and "confirm" of TOTP enrolment wait in the Flask session cookie (signed, so they
+cannot be forged; HttpOnly) and are removed when shown, at sign-out, or replaced by the next enrolment; the store
+keeps only their hashes.
 
 CSRF: every form carries `csrf` = HMAC-SHA256(secret key, sid), checked on POST; the cookie is SameSite=Lax.
 A chosen patient travels as a parameter and is checked again against `patients_for` wherever it is used.
@@ -22,6 +27,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -32,7 +38,10 @@ from werkzeug.wrappers import Response
 from smart_auth.scopes import Scope, ScopeKind, narrow, parse_scopes
 from smart_auth.server import AuthorizeError, AuthorizeRequest, SmartServices, check_authorization_request, unconfined
 from smart_auth.tokens import OFFLINE_REFRESH_TTL, ONLINE_REFRESH_TTL, Context, new_secret, token_hash
-from smart_auth.users import User
+from smart_auth.users import User, UserError
+
+ENROLMENT_CODES = "enrolment_codes"  # Flask-session key: recovery codes between enable and confirm (shown once)
+EXPIRED_FORM = "The form has expired. Go back and try again."
 
 SESSIONS = "auth_sessions"
 REQUESTS = "auth_requests"
@@ -109,6 +118,7 @@ class Sessions:
 
     def end(self) -> None:
         sid = flask.session.pop("sid", None)
+        flask.session.pop(ENROLMENT_CODES, None)
         if isinstance(sid, str) and sid:
             self.coll.delete_one({"_id": token_hash(sid)})
 
@@ -466,6 +476,101 @@ class Pages:
                 "issued": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["iat"])),
             })
         return self.render("manage.html", session=session, user=session.user, grants=grants)
+
+    # account self-service: forgotten password, reset link, second factor -----------------------------------------
+
+    def forgot(self) -> Response:
+        """GET/POST /auth/forgot: ask for a reset link. The answer is the same whether or not an account exists
+        (UserStore.request_reset neither raises nor tells, and applies its own limit on live links)."""
+        session = self.sessions.ensure()
+        if flask.request.method == "GET":
+            return self.render("forgot.html", session=session, sent=False)
+        if not self.sessions.check_csrf(self.sessions.current(), flask.request.form.get("csrf")):
+            return self.error_page(EXPIRED_FORM, status=400)
+        self.services.users.request_reset(flask.request.form.get("username", ""))
+        return self.render("forgot.html", session=session, sent=True)
+
+    def _reset_token_live(self, token: str) -> bool:
+        """Whether a reset link can still be used (for the GET; reset_password decides again on POST)."""
+        if not token or len(token) > 256:
+            return False
+        doc = self.services.users.store.reset_tokens.find_one({"_id": token_hash(token)}, {"expires": 1})
+        if doc is None:
+            return False
+        expires = doc["expires"] if doc["expires"].tzinfo else doc["expires"].replace(tzinfo=UTC)
+        return expires > datetime.now(UTC)
+
+    def reset(self) -> Response:
+        """GET/POST /auth/reset?token=...: choose a new password with a single-use link from the outbox."""
+        token = flask.request.values.get("token", "")
+        invalid = "This reset link is invalid, was already used or has expired. Ask for a new one."
+        session = self.sessions.ensure()
+        if flask.request.method == "GET":
+            if not self._reset_token_live(token):
+                return self.error_page(invalid, title="Reset link not valid")
+            return self.render("reset.html", session=session, token=token, error=None, done=False)
+        form = flask.request.form
+        if not self.sessions.check_csrf(self.sessions.current(), form.get("csrf")):
+            return self.error_page(EXPIRED_FORM, status=400)
+        password = form.get("password", "")
+        if password != form.get("password2", ""):
+            return self.render("reset.html", status=422, session=session, token=token,
+                               error="The two passwords are not the same.", done=False)
+        try:
+            self.services.users.reset_password(token, password)
+        except UserError as exc:
+            if exc.code == "invalid_token":
+                return self.error_page(invalid, title="Reset link not valid")
+            return self.render("reset.html", status=422, session=session, token=token, error=str(exc), done=False)
+        return self.render("reset.html", session=session, token="", error=None, done=True)
+
+    def security(self) -> Response:
+        """GET/POST /auth/security: the signed-in user's second factor. `action` = enable (needs the password) ->
+        secret and otpauth:// URI -> confirm (a code from the authenticator) -> the recovery codes, shown once;
+        disable (needs the password or a current code)."""
+        session = self.sessions.current()
+        if session is None or session.user is None:
+            return self.redirect(self.url("login"))
+        user = self.services.users.get(session.user)
+        if user is None:
+            self.sessions.end()
+            return self.redirect(self.url("login"))
+        if flask.request.method == "GET":
+            return self.render("security.html", session=session, user=user, step="status", error=None)
+        form = flask.request.form
+        if not self.sessions.check_csrf(session, form.get("csrf")):
+            return self.error_page(EXPIRED_FORM, status=400)
+        users, ip = self.services.users, flask.request.remote_addr
+        action = form.get("action", "")
+        if action == "enable":
+            result = users.verify_password(user.username, form.get("password", ""), ip)
+            if not result.ok:
+                return self.render("security.html", status=429 if result.status == "locked" else 422,
+                                   session=session, user=user, step="status", error="The password is not correct.")
+            secret, uri, codes = users.enable_totp(user.username)
+            flask.session[ENROLMENT_CODES] = codes
+            return self.render("security.html", session=session, user=user, step="confirm", secret=secret, uri=uri,
+                               error=None)
+        if action == "confirm":
+            codes = flask.session.get(ENROLMENT_CODES)
+            if not isinstance(codes, list) or not users.confirm_totp(user.username, form.get("code", "")):
+                return self.render("security.html", status=422, session=session, user=user, step="status",
+                                   error="That code is not correct or the enrolment expired. Start again.")
+            flask.session.pop(ENROLMENT_CODES, None)
+            return self.render("security.html", session=session, user=users.get(user.username) or user,
+                               step="codes", codes=codes, error=None)
+        if action == "disable":
+            password, code = form.get("password", ""), form.get("code", "")
+            if code:
+                proved = users.verify_second_factor(user.username, code, ip)
+            else:
+                proved = users.verify_password(user.username, password, ip).ok
+            if not proved:
+                return self.render("security.html", status=422, session=session, user=user, step="status",
+                                   error="The password or code is not correct.")
+            users.disable_totp(user.username)
+            return self.redirect(self.url("security"))
+        return self.error_page("Unknown action.", status=400)
 
 
 __all__ = ["PAGE_HEADERS", "BrowserSession", "Pages", "PendingRequests", "Sessions", "describe_scope", "with_params"]

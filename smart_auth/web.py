@@ -60,7 +60,8 @@ log = logging.getLogger("smart_auth.web")
 
 bp = Blueprint("smart_auth", __name__, url_prefix="/auth", template_folder="templates")
 
-PAGE_ENDPOINTS = frozenset({"authorize", "login", "second_factor", "select_patient", "consent", "logout", "manage"})
+PAGE_ENDPOINTS = frozenset({"authorize", "login", "second_factor", "select_patient", "consent", "logout", "manage",
+                            "forgot", "reset", "security"})
 CORS_ENDPOINTS = frozenset({"token", "introspect", "revoke", "jwks", "style", "openid_configuration"})
 MAINTENANCE_INTERVAL = 600.0
 
@@ -254,6 +255,9 @@ bp.add_url_rule("/patient", "select_patient", _page(Pages.select_patient), metho
 bp.add_url_rule("/consent", "consent", _page(Pages.consent), methods=["GET", "POST"])
 bp.add_url_rule("/logout", "logout", _page(Pages.logout), methods=["POST"])
 bp.add_url_rule("/manage", "manage", _page(Pages.manage), methods=["GET", "POST"])
+bp.add_url_rule("/forgot", "forgot", _page(Pages.forgot), methods=["GET", "POST"])
+bp.add_url_rule("/reset", "reset", _page(Pages.reset), methods=["GET", "POST"])
+bp.add_url_rule("/security", "security", _page(Pages.security), methods=["GET", "POST"])
 
 
 # -- OAuth endpoints --------------------------------------------------------------------------------------------------
