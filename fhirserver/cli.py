@@ -55,6 +55,12 @@ def serve_forever(settings: Settings) -> None:
         def load(self):
             return create_app(settings)
 
+    if _workers(settings) > 1:
+        # Build the models and search parameters of every type once, before the workers fork, instead of in each
+        # worker on its first requests (one worker, as in the tests, builds only what it meets, as before).
+        from fhirserver.interactions.transaction import warm_up
+
+        warm_up()
     Server().run()
 
 

@@ -130,15 +130,26 @@ def _parse_entries(bundle: dict, base: str) -> list[Entry]:
     return parsed
 
 
-def _walk_strings(value: Any, fn: Callable[[str], str | None]) -> Any:
-    """A copy of `value` with every string s replaced by fn(s) when that is not None."""
+def _rewrite_strings(value: Any, mapping: dict[str, str], other: Callable[[str], str | None]) -> Any:
+    """A copy of `value` with every string s in `mapping` replaced by mapping[s], and every other string holding
+    a `?` by other(s) when that is not None. Strings are handled inline: this runs over every element of every
+    resource of a transaction Bundle."""
     if isinstance(value, dict):
-        return {k: _walk_strings(v, fn) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if type(v) is str:
+                if v in mapping:
+                    v = mapping[v]
+                elif "?" in v:
+                    v = other(v) or v
+            elif isinstance(v, dict | list):
+                v = _rewrite_strings(v, mapping, other)
+            out[k] = v
+        return out
     if isinstance(value, list):
-        return [_walk_strings(v, fn) for v in value]
+        return [_rewrite_strings(v, mapping, other) for v in value]
     if isinstance(value, str):
-        replaced = fn(value)
-        return value if replaced is None else replaced
+        return mapping.get(value) or ("?" in value and other(value)) or value
     return value
 
 
@@ -239,15 +250,13 @@ class Transaction:
             if e.method not in ("POST", "PUT") or not isinstance(e.resource, dict):
                 continue
 
-            def rewrite(value: str, where: str = e.where) -> str | None:
-                if value in mapping:
-                    return mapping[value]
-                if "?" in value and value.split("?", 1)[0] in SUPPORTED_TYPES and "/" not in value.split("?")[0]:
+            def conditional(value: str, where: str = e.where) -> str | None:
+                if value.split("?", 1)[0] in SUPPORTED_TYPES and "/" not in value.split("?")[0]:
                     return self._conditional_reference(value, where)
                 return None
 
             body = {k: v for k, v in e.resource.items() if k != "id"}
-            e.resource = {"resourceType": e.type, "id": e.target, **_walk_strings(body, rewrite)}
+            e.resource = {"resourceType": e.type, "id": e.target, **_rewrite_strings(body, mapping, conditional)}
 
     def _conditional_reference(self, ref: str, where: str) -> str:
         if ref not in self.conditional_refs:
@@ -325,6 +334,16 @@ def _apply_patch(e: Entry, resource: dict) -> dict:
         return apply_json_patch(resource, ops)
     raise BadRequest(f"{e.where}: a PATCH entry needs a Parameters (FHIRPath Patch) or a Binary (JSON Patch)",
                      expression=[f"{e.where}.resource"])
+
+
+def warm_up() -> None:
+    """Build what the write path builds on first use of each supported type: the fhir.resources model (about 20 ms
+    per type, the cost of a worker's first Bundles), the compiled search parameters, compartments and sort keys.
+    Called once in the gunicorn master before it forks several workers, so that each worker starts warm instead of
+    building them again. No database is touched."""
+    for rtype in sorted(SUPPORTED_TYPES):
+        validate_resource({"resourceType": rtype})
+        make_version(rtype, "warm-up", 1, next_timestamp(None), {"resourceType": rtype}, "POST")
 
 
 def outcome_of(exc: FHIRError) -> dict:

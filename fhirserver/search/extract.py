@@ -47,7 +47,7 @@ from typing import Any
 
 from conformance.definitions import compartment_params
 
-from .params import Item, SearchParam, indexed_params
+from .params import Item, SearchParam, child_slots, indexed_params, split_union
 
 log = logging.getLogger("fhirserver.search.extract")
 _REPORTED: set[tuple[str, str]] = set()
@@ -84,7 +84,9 @@ def extract_index(resource: dict) -> dict[str, list]:
     if not isinstance(resource_type, str):
         return {}
     idx: dict[str, list] = {}
-    for param in indexed_params(resource_type):
+    for param, keys in _plan(resource_type):
+        if keys is not None and keys.isdisjoint(resource):
+            continue  # none of the elements the expression starts from is there: nothing to evaluate
         try:
             items = param.evaluate(resource, resource_type, resource)
         except Exception as exc:  # noqa: BLE001 - fhirpathpy lacks some functions (hasExtension): skip that one
@@ -107,6 +109,36 @@ def extract_index(resource: dict) -> dict[str, list]:
             else:
                 idx[param.code + suffix] = found
     return idx
+
+
+_FIRST_FIELD = re.compile(r"\(*([A-Z][A-Za-z]*)\.([a-z][A-Za-z0-9]*)(\(?)")
+
+
+@cache
+def _plan(resource_type: str) -> tuple[tuple[SearchParam, frozenset[str] | None], ...]:
+    """The indexed parameters of ``resource_type``, each with the top-level JSON keys its expression starts from
+    (``None`` when that cannot be told): a resource holding none of them gives the parameter no value."""
+    return tuple((param, _top_keys(param, resource_type)) for param in indexed_params(resource_type))
+
+
+def _top_keys(param: SearchParam, resource_type: str) -> frozenset[str] | None:
+    """Top-level keys that a path-walker expression (``Type.field...``, ``(Type.field as T)``,
+    ``Type.extension('url')``) reads first; ``None`` for anything else, which is always evaluated."""
+    if not param.fast:
+        return None
+    keys: set[str] = set()
+    for branch in split_union(param.expression):
+        m = _FIRST_FIELD.match(branch.strip())
+        if not m or branch.count("'") % 2 or m.group(1) not in (resource_type, "Resource", "DomainResource"):
+            return None
+        field, call = m.group(2), m.group(3)
+        if field == "extension":
+            keys.add("extension")
+        elif call:
+            return None  # a function on the resource itself (``Type.where(...)``)
+        else:  # the walker looks the field up with child_slots too (a choice element gives one key per type)
+            keys.update(key for key, _ in child_slots(resource_type, field))
+    return frozenset(keys)
 
 
 def _unindexable(resource_type: str, code: str, exc: Exception) -> None:
