@@ -4,19 +4,21 @@ throughput under contention, each beside its database floor.
     .venv/bin/python -m bench.scheduling [--backend sqlite|postgresql] [--practitioners 200] [--weeks 8]
         [--finds 300] [--threads 4] [--slots-booked 150] [--racers 4]
 
-Starts its own FerretDB (and PostgreSQL) in a temporary folder and the server under gunicorn (authorization and
-background jobs off, so only the requests are measured). The slots are written in-process in the exact stored shape
-of the server's write path (`make_version`: stored text, search index, compartments, sort keys; history record),
-but in bulk, because creating 128,000 slots one request at a time would take most of an hour here; everything
-measured goes through HTTP. Workloads:
+Starts its own FerretDB (and PostgreSQL, with the GIN indexes the server mirrors beside FerretDB's) in a temporary
+folder and the server under gunicorn (authorization and background jobs off, so only the requests are measured).
+The slots are written in-process in the exact stored shape of the server's write path (`make_version`: stored
+text, search index, compartments, sort keys; history record), but in bulk, because creating 128,000 slots one
+request at a time would take most of an hour here; everything measured goes through HTTP. Workloads:
 - find (one practitioner): GET $find for one practitioner's video slots on one random day, `_count=20`;
 - find (everyone): GET $find for any video slot on one random day (all 200 practitioners), `_count=20`;
-- floor of each: the same compiled filters run straight on the database with pymongo (schedule lookup, slot
-  filter, sort, limit);
+- floor of each: the same queries run straight on the database with pymongo (schedule lookup, then the slot
+  filter with equalities on the slot's day and schedule, which FerretDB pushes down; sort, limit);
+- range-filter floor (before the day key): the filter $find ran before (date range and schedule `$in`, which
+  FerretDB cannot push down, plus a count for `total`), a few requests, as the reference of the before/after ratio;
 - book (contended): `racers` clients book each slot at once (POST $book with the proposed Appointment): exactly one
   201 per slot, the rest 409; bookings/s and conflicts/s;
 - floor of booking: the atomic step beneath it, a unique insert of a claim per slot by the same racing clients.
-Writes bench/results/scheduling.json and .md.
+Writes bench/results/scheduling.json and .md (one run per backend; a run replaces that backend's).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import orjson
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 
-from bench.harness import HTTP, as_dict, machine, run_concurrently, write_report
-from bench.search import start_database, start_server
+from bench.harness import HTTP, RESULTS, as_dict, machine, run_concurrently, write_report
+from bench.search import start_database, start_server, vacuum
+from fhirserver.dbserver import pgindexes
 from fhirserver.interactions.versions import ensure_indexes, make_version
-from fhirserver.resources.scheduling import VISIT_MODE_SYSTEM, VISIT_MODES
+from fhirserver.resources.scheduling import SLOT_DAY, VISIT_MODE_SYSTEM, VISIT_MODES
 from fhirserver.search.query import all_of, parse
 from fhirserver.store.commit import HISTORY
 from fhirserver.store.database import Store
@@ -92,7 +95,29 @@ def load(store: Store, practitioners: int, weeks: int, per_day: int,
 
 
 def find_floor(db, store: Store, day: datetime, doctor: str | None) -> int:
-    """$find's database work for one request: schedule lookup (with a practitioner), slot filter, count, page."""
+    """$find's database work for one request as the server asks it: the schedule lookup (with a practitioner) and
+    the slot filter with plain equalities on the slot's day (and schedule), sorted, one page; no count."""
+    lo, hi = iso(day), iso(day + timedelta(days=1) - timedelta(seconds=1))
+    pairs = [("status", "free"), ("start", f"ge{lo}"), ("start", f"le{hi}"),
+             ("service-type", f"{VISIT_MODE_SYSTEM}|video")]
+    query = parse("Slot", pairs, strict=True, finder=store.reader).filter
+    buckets = [{f"idx.{SLOT_DAY}": day.strftime("%Y-%m-%d")}]
+    if doctor:
+        buckets = [{**buckets[0], "idx.schedule": f"Schedule/{s['_id']}"}
+                   for s in db.Schedule.find(parse("Schedule", [("actor", f"Practitioner/{doctor}")],
+                                                   finder=store.reader).filter, {"_id": 1})]
+    found = 0
+    for bucket in buckets:
+        found += len(list(db.Slot.find(all_of(bucket, query), {"text": 1, "srt": 1})
+                          .sort([("srt.start", 1), ("_id", 1)]).limit(21 - found)))
+        if found >= 21:
+            break
+    return found
+
+
+def range_floor(db, store: Store, day: datetime, doctor: str | None) -> int:
+    """The database work of $find before the day key (the reference of the before/after ratio): the date range and
+    schedule `$in` filter FerretDB cannot push down (every Slot read), a count for `total`, and the page."""
     lo, hi = iso(day), iso(day + timedelta(days=1) - timedelta(seconds=1))
     pairs = [("status", "free"), ("start", f"ge{lo}"), ("start", f"le{hi}"),
              ("service-type", f"{VISIT_MODE_SYSTEM}|video")]
@@ -112,6 +137,8 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=8)
     parser.add_argument("--slots-per-day", type=int, default=16, help="30-minute slots per weekday from 08:00")
     parser.add_argument("--finds", type=int, default=200, help="requests per $find workload")
+    parser.add_argument("--range-finds", type=int, default=6,
+                        help="requests of the before-the-day-key floor per workload (each reads every Slot)")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--slots-booked", type=int, default=150, help="slots raced for in the booking workload")
@@ -129,11 +156,15 @@ def main() -> None:
         database = start_database(state, args.backend, nested=args.backend == "postgresql")
         uri = database.ferret.uri
         server = None
+        gin = 0
         try:
             store = Store(uri, DB_NAME, 10.0)
             began = time.perf_counter()
             doctors, days, slot_count = load(store, args.practitioners, args.weeks, args.slots_per_day, first_day)
             load_seconds = time.perf_counter() - began
+            if database.pg is not None:  # as the server keeps it on its embedded PostgreSQL (pgindexes.mirror)
+                gin = len(pgindexes.mirror(database.pg))
+                vacuum(database.pg)
             server, base = start_server(uri, args.workers, state / "server.log", db_name=DB_NAME)
             client = HTTP(base)
             db = MongoClient(uri, maxPoolSize=args.threads * 4)[DB_NAME]
@@ -165,6 +196,12 @@ def main() -> None:
                 run_concurrently("find, all practitioners, one day: floor",
                                  lambda n: find_floor(db, store, picks[n][0], None) >= 0, args.finds, args.threads,
                                  args.max_seconds),
+                run_concurrently("find, one practitioner, one day: range-filter floor (before the day key)",
+                                 lambda n: range_floor(db, store, picks[n][0], picks[n][1]) >= 0, args.range_finds,
+                                 args.threads, args.max_seconds),
+                run_concurrently("find, all practitioners, one day: range-filter floor (before the day key)",
+                                 lambda n: range_floor(db, store, picks[n][0], None) >= 0, args.range_finds,
+                                 args.threads, args.max_seconds),
             ]
 
             # Booking with contention: `racers` requests per slot, consecutive, so they run at the same time.
@@ -228,7 +265,8 @@ def main() -> None:
                    "duplicates_per_s": round(floor_outcomes["taken"] / floor.seconds, 1)}
     report = {"benchmark": "scheduling", "backend": args.backend, "threads": args.threads, "workers": args.workers,
               "practitioners": args.practitioners, "weeks": args.weeks, "slots": slot_count,
-              "load_seconds": round(load_seconds, 1), "racers_per_slot": args.racers, "machine": machine(),
+              "load_seconds": round(load_seconds, 1), "gin_indexes": gin, "racers_per_slot": args.racers,
+              "machine": machine(),
               "results": [as_dict(r) for r in results], "booking": booking_rates, "booking_floor": floor_rates,
               "find_entries_per_page": dict(sorted(found_counts.items())),
               "load_average_1_5_15": os.getloadavg(),
@@ -244,10 +282,16 @@ def main() -> None:
               f"slots booked twice: {double}; busy slots: {busy} of {args.slots_booked}.",
               f"Floor (unique claim insert, same racing pattern): {floor_rates['claims_per_s']} claims/s, "
               f"{floor_rates['duplicates_per_s']} duplicates/s.",
-              f"Slots written in bulk in the server's stored shape in {load_seconds:.0f} s (not measured as requests).",
+              f"Slots written in bulk in the server's stored shape in {load_seconds:.0f} s (not measured as requests)"
+              f"; GIN indexes mirrored beside FerretDB's: {gin}.",
               f"Machine load average at the end (1, 5, 15 min): {os.getloadavg()}."]
-    path = write_report("scheduling", report, table)
-    print(path.read_text())
+    print("\n".join(table))
+    report["markdown"] = table
+    previous = RESULTS / "scheduling.json"
+    runs = orjson.loads(previous.read_bytes()).get("runs", {}) if previous.exists() else {}
+    runs[args.backend] = report  # one run per backend in the file, the other backend's kept
+    write_report("scheduling", {"benchmark": "scheduling", "runs": runs},
+                 [line for r in runs.values() for line in [*r["markdown"], ""]][:-1])
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def make_version(rtype: str, rid: str, version: int, ts: datetime, resource: dic
     if resource is None:
         return Version(rtype, rid, version, ts, None, method)
     stamped = stamp(resource, rid, version, ts)
-    idx = extract_index(stamped)
+    idx = scheduling.with_slot_day(rtype, extract_index(stamped))
     return Version(rtype, rid, version, ts, fhirjson.dumps(stamped).decode(), method, idx,
                    compartments(rtype, rid, idx), sort_values(rtype, idx))
 

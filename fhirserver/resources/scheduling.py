@@ -37,6 +37,7 @@ log = logging.getLogger("fhirserver.scheduling")
 CLAIMS = "slot_claims"
 VISIT_MODE_SYSTEM = "urn:fhirserver:visit-mode"
 VISIT_MODES = ("in-person", "video", "phone")
+SLOT_DAY = "slot-day"  # idx key of a Slot: the UTC day of its start (with_slot_day)
 HOLD_EXPIRES = "urn:fhirserver:hold-expires"
 JOIN_LINK = "urn:fhirserver:video-join-link"
 LATE_CANCELLATION = "urn:fhirserver:late-cancellation"
@@ -103,6 +104,21 @@ def instant_of(text: Any) -> datetime | None:
     """The start of a FHIR date/dateTime/instant as an aware UTC datetime (None when missing or invalid)."""
     found = date_range(text) if isinstance(text, str) else None
     return found[0] if found else None
+
+
+def with_slot_day(rtype: str, idx: dict) -> dict:
+    """`idx` with, for a Slot, SLOT_DAY: the UTC day (`YYYY-MM-DD`) its start falls on, a plain value that FerretDB
+    pushes down as equality (unlike the `idx.start` range), so $find reads the slots of the days it pages through,
+    not all of them. Applied wherever an index is made (make_version, reindex)."""
+    start = idx.get("start") if rtype == "Slot" else None
+    if isinstance(start, dict) and isinstance(start.get("lo"), datetime):
+        idx[SLOT_DAY] = [slot_day(start["lo"])]
+    return idx
+
+
+def slot_day(t: datetime) -> str:
+    """The UTC day of an instant as SLOT_DAY stores it."""
+    return _aware(t).astimezone(UTC).strftime("%Y-%m-%d")  # type: ignore[union-attr]
 
 
 def _aware(t: datetime | None) -> datetime | None:

@@ -36,4 +36,6 @@ def search_indexes(rtype: str) -> tuple[IndexModel, ...]:
         if link in params and "date" in params and params["date"].type == "date":
             models.append(IndexModel([(f"idx.{link}", ASCENDING), ("srt.date:d", DESCENDING)]))
             break
+    if rtype == "Slot":  # the day bucket of $find (resources.scheduling.with_slot_day)
+        models.append(IndexModel([("idx.slot-day", ASCENDING)]))
     return tuple(models)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fhirserver import fhirjson
+from fhirserver.resources.scheduling import with_slot_day
 from fhirserver.search.extract import compartments, extract_index
 from fhirserver.search.indexing import search_indexes
 from fhirserver.search.sort import sort_values
@@ -23,7 +24,7 @@ def reindex(store: Store, types: list[str], progress: Callable[[int], None] = la
             for doc in docs:
                 if doc.get("del") or not doc.get("text"):
                     continue
-                idx = extract_index(fhirjson.loads(doc["text"]))
+                idx = with_slot_day(rtype, extract_index(fhirjson.loads(doc["text"])))
                 items.append((doc["_id"], doc["v"], idx, compartments(rtype, doc["_id"], idx), sort_values(rtype, idx)))
             updated[rtype] += store.set_index(rtype, items)
             progress(len(docs))
