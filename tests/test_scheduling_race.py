@@ -181,6 +181,7 @@ def test_hold_expiring_during_bookings(race):
         statuses = [r.status_code for r in clients.fire(reqs)]
         stop.set()
         expirer.join()
+        hold_op.expire_holds(w.store)  # the job's next run (a takeover that rolled back may restore an expired claim)
         assert statuses.count(201) + statuses.count(200) <= 1, statuses
         assert set(statuses) <= {200, 201, 409}, statuses
         holder = w.read(f"Appointment/{held['id']}")["status"]

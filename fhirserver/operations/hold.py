@@ -26,7 +26,9 @@ from fhirserver.operations.book import (
 )
 from fhirserver.operations.find import Params
 from fhirserver.resources.scheduling import (
+    CLAIMS,
     HOLD_EXPIRES,
+    OCCUPYING,
     claim_of,
     expired_holds,
     hold_until,
@@ -89,7 +91,8 @@ def expire_holds(store: Store, limit: int = 500) -> list[str]:
     claim was lost to a rolled-back takeover). Safe to run in several processes at once: each cancel is a
     versioned commit, so a second runner finds the appointment cancelled already and writes nothing.
     """
-    owners = [str(c.get("owner", "")).split("/", 1)[-1] for c in expired_holds(store, limit)]
+    expired = expired_holds(store, limit)
+    owners = [str(c.get("owner", "")).split("/", 1)[-1] for c in expired]
     pending = parse("Appointment", [("status", "pending")]).filter
     for doc in store.reader.find_raw("Appointment", pending, {"text": 1, "ts": 1}, limit):
         if doc["_id"] not in owners and _expired(store, doc["_id"], fhirjson.loads(doc["text"]), doc["ts"]):
@@ -114,4 +117,27 @@ def expire_holds(store: Store, limit: int = 500) -> list[str]:
         if written is not None:
             slots = slot_ids(fhirjson.loads(written.text))
             freed += [s for s in slots if s not in freed and claim_of(store, s) is None]
+    freed += [s for s in _drop_orphans(store, expired) if s not in freed]
     return freed
+
+
+def _drop_orphans(store: Store, claims: list[dict]) -> list[str]:
+    """Delete expired hold claims that no appointment holds any more: a takeover that rolled back puts the claim it
+    had taken over back, possibly after that hold was cancelled and its slot freed. Only when the claim's commit is
+    over and the slot is free; by key and holding commit, so a newer claim on the slot is never touched."""
+    dropped = []
+    for claim in claims:
+        sid = claim["_id"].split("/", 1)[1]
+        owner = store.reader.current("Appointment", str(claim.get("owner", "")).split("/", 1)[-1])
+        appt = fhirjson.loads(owner.text) if owner is not None and owner.text else {}
+        if appt.get("status") in OCCUPYING and sid in slot_ids(appt):
+            continue
+        if store.committer.pending_commit_ids([claim.get("c")]):
+            continue
+        slot = store.reader.current("Slot", sid)
+        if slot is not None and slot.text and fhirjson.loads(slot.text).get("status") != "free":
+            continue
+        if store.db[CLAIMS].delete_one({"_id": claim["_id"], "c": claim.get("c")}).deleted_count:
+            log.info("orphaned hold claim dropped", extra={"slot": sid, "owner": claim.get("owner")})
+            dropped.append(sid)
+    return dropped
