@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from seed_data.importer import rewrite_references
+
 VERSION = 2  # bump when the generated resources change: the cached databases are then rebuilt
 
 START = datetime(2019, 1, 1, tzinfo=UTC)
@@ -260,16 +262,6 @@ def urn(key: str, seed: int) -> str:
     return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'bench/{seed}/{key}')}"
 
 
-def _rewrite(value: object, mapping: dict[str, str]) -> object:
-    """A copy of `value` with every `reference` found in `mapping` replaced."""
-    if isinstance(value, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, mapping))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rewrite(v, mapping) for v in value]
-    return value
-
-
 def transaction(group: list[dict], assigned: dict[str, str], seed: int) -> dict:
     """A transaction Bundle creating `group` (POST, `urn:uuid` fullUrls, logical ids dropped).
 
@@ -281,6 +273,6 @@ def transaction(group: list[dict], assigned: dict[str, str], seed: int) -> dict:
     entries = []
     for r in group:
         body = {k: v for k, v in r.items() if k != "id"}
-        entries.append({"fullUrl": local[logical(r)], "resource": _rewrite(body, mapping),
+        entries.append({"fullUrl": local[logical(r)], "resource": rewrite_references(body, mapping),
                         "request": {"method": "POST", "url": r["resourceType"]}})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

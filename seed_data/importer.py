@@ -50,12 +50,13 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
+def rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
+    """A copy of `value` with every `reference` found in `mapping` replaced."""
     if isinstance(value, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, mapping))
+        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else rewrite_references(v, mapping))
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_rewrite(v, mapping) for v in value]
+        return [rewrite_references(v, mapping) for v in value]
     return value
 
 
@@ -76,7 +77,7 @@ def bundle_groups(bundle: dict[str, Any], where: str) -> list[list[Resource]]:
         if full_url:
             mapping[full_url] = f"{res['resourceType']}/{rid}"
         resources.append(res)
-    resources = [_rewrite(r, mapping) for r in resources] if mapping else resources
+    resources = [rewrite_references(r, mapping) for r in resources] if mapping else resources
     shared = [[r] for r in resources if r["resourceType"] in KEYED_TYPES and r["resourceType"] != "Patient"]
     rest = [r for r in resources if r["resourceType"] not in KEYED_TYPES or r["resourceType"] == "Patient"]
     rest.sort(key=lambda r: r["resourceType"] != "Patient")  # the Patient heads its record (stable sort)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -19,6 +21,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
+from pymongo import MongoClient
 from pymongo.database import Database
 
 from smart_auth.clients import ClientRegistry
@@ -302,3 +305,29 @@ def create(server: Any, token: str, resource: dict[str, Any]) -> str:
 
 def code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
+
+
+def fresh_database(uri: str, prefix: str) -> Iterator[Database]:
+    """A database of its own (`<prefix><random>`), dropped afterwards: the body of a test's `db` fixture."""
+    client: MongoClient = MongoClient(uri)
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+def together(n: int, fn: Callable[[int], Any]) -> list:
+    """`fn(0)` .. `fn(n - 1)` in n threads released at once behind a barrier; their results in order."""
+    barrier = threading.Barrier(n)
+    out: list = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        out[i] = fn(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out

@@ -4,64 +4,30 @@ through the app's authorization server, and the outbox relay delivering each que
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from flask import Flask
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from smart_auth.jobs import JOB_LEASES, JOB_RUNS, Job, JobLease, Jobs, auth_jobs
 from smart_auth.notify import QUEUED, SENT, OutboxNotifier
 from smart_auth.tokens import ACCESS, TokenStore
 from smart_auth.web import init_app
+from tests.smart_helpers import fresh_database, together
+from tests.test_users import Recorder
 
 
 @pytest.fixture
 def db(ferretdb) -> Iterator[Database]:
-    client: MongoClient = MongoClient(ferretdb.uri)
-    name = f"smartjobs{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
-
-
-def _together(n: int, fn) -> list:
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        out[i] = fn(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return out
-
-
-class Inbox:
-    """A notification transport that keeps what it is given (the relay's other end)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def send(self, to: str, subject: str, body: str, kind: str, meta: dict[str, Any]) -> None:
-        with self.lock:
-            self.sent.append((to, subject))
+    yield from fresh_database(ferretdb.uri, "smartjobs")
 
 
 def test_lease_has_one_holder_expires_and_is_released_by_its_owner_only(db: Database):
     now = [1000.0]
     lease = JobLease(db, clock=lambda: now[0])
-    owners = _together(12, lambda i: lease.try_acquire("job", ttl=30))
+    owners = together(12, lambda i: lease.try_acquire("job", ttl=30))
     holders = [o for o in owners if o]
     assert len(holders) == 1
     lease.release("job", "not-the-owner")
@@ -80,11 +46,11 @@ def test_a_job_runs_once_per_interval_across_processes(db: Database):
     runs: list[int] = []
     job = Job("count", interval=60, run=lambda: runs.append(1) or len(runs))
     processes = [Jobs(db, [job], clock=lambda: now[0]) for _ in range(8)]
-    results = _together(8, lambda i: processes[i].run_due())
+    results = together(8, lambda i: processes[i].run_due())
     assert len(runs) == 1 and sum(1 for r in results if r) == 1
     assert all(not p.run_due() for p in processes)  # not due again yet
     now[0] += 61
-    results = _together(8, lambda i: processes[i].run_due())
+    results = together(8, lambda i: processes[i].run_due())
     assert len(runs) == 2 and sum(1 for r in results if r) == 1
     assert processes[0].tick == 60
 
@@ -117,11 +83,11 @@ def test_outbox_relay_delivers_each_message_once(db: Database):
     outbox = OutboxNotifier(db)
     for i in range(6):
         outbox.send(f"user{i}@example.org", f"message {i}", "body", "test", {})
-    inbox = Inbox()
+    inbox = Recorder()
     clock = [0.0]
     processes = [auth_jobs(db, purge=lambda: {}, transport=inbox, clock=lambda: clock[0]) for _ in range(4)]
     assert [j.name for j in processes[0].jobs] == ["smart-auth-purge", "smart-auth-outbox-relay"]
-    _together(4, lambda i: processes[i].run_due())
+    together(4, lambda i: processes[i].run_due())
     assert sorted(to for to, _ in inbox.sent) == [f"user{i}@example.org" for i in range(6)]
     statuses = [m["status"] for m in db["outbox"].find({})]
     assert statuses.count(SENT) == 6 and QUEUED not in statuses

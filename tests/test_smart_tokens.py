@@ -3,47 +3,25 @@ issue of new tokens in it, and the patient-list cache of the token verifier."""
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from smart_auth.server import PatientDirectory
 from smart_auth.tokens import ACCESS, Context, TokenStore
 from smart_auth.users import User
+from tests.smart_helpers import fresh_database, together
 
 
 @pytest.fixture
 def db(ferretdb) -> Iterator[Database]:
-    client: MongoClient = MongoClient(ferretdb.uri)
-    name = f"smarttok{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
-
-
-def _together(n: int, fn) -> list:
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        out[i] = fn(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return out
+    yield from fresh_database(ferretdb.uri, "smarttok")
 
 
 def test_consume_has_exactly_one_winner(db: Database):
     tokens = TokenStore(db)
-    wins = _together(16, lambda i: tokens.consume("code:abc", 2e9))
+    wins = together(16, lambda i: tokens.consume("code:abc", 2e9))
     assert wins.count(True) == 1
     assert tokens.was_consumed("code:abc") and not tokens.was_consumed("code:other")
 
@@ -60,7 +38,7 @@ def test_revocation_racing_issue_leaves_no_live_token(db: Database):
         return tokens.issue(kind=ACCESS, grant="g1", client_id="c", scope="patient/*.rs", grant_type="x",
                             aud="http://x/fhir", ttl=60, context=Context(patient="p"))
 
-    results = _together(12, work)
+    results = together(12, work)
     assert db["auth_tokens"].count_documents({"grant": "g1", "revoked": False}) == 0
     for result in results:
         if isinstance(result, tuple):
