@@ -146,6 +146,55 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def peak_rss_mb(pids: list[int]) -> float:
+    """The sum of these processes' own peaks (VmHWM), in MB: an upper bound of their peak together."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+class MemoryWatch:
+    """Resident memory of named process trees, sampled every `every` seconds on a thread of its own, to show
+    whether a long run stays flat."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.roots: dict[str, int] = {}
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._began = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        self.roots[name] = pid
+
+    def start(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def sample(self) -> dict:
+        row = {"t": round(time.perf_counter() - self._began, 1)}
+        row.update({f"{name}_rss_mb": rss_mb(children(pid)) for name, pid in list(self.roots.items())})
+        self.samples.append(row)
+        return row
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def stop(self) -> dict:
+        """Stop sampling; the highest sampled figure of each tree, and the samples."""
+        self._stop.set()
+        self._thread.join()
+        peaks = {k: max(s.get(k, 0) for s in self.samples) for k in {k for s in self.samples for k in s} - {"t"}}
+        return {"sampled_peak_mb": peaks, "samples": self.samples}
+
+
 def write_report(name: str, report: dict, table: list[str], folder: Path = RESULTS) -> Path:
     """<folder>/<name>.json and .md (folder: bench/results)."""
     folder.mkdir(parents=True, exist_ok=True)

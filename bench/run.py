@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,8 +54,10 @@ from bench.harness import (
     RESULTS,
     Profiler,
     as_dict,
+    MemoryWatch,
     children,
     machine,
+    peak_rss_mb,
     py_spy,
     rss_mb,
     summarize,
@@ -83,12 +87,13 @@ TARGETS = {"read": 0.5, "search": 0.4, "ingest": 0.3, "tail": 3.0}
 # -- data sources ------------------------------------------------------------------------------------------------
 class DataSource(Protocol):
     """Where the benchmark's data comes from. `identity()` is the cache key kept in the state folder's marker;
-    `fill()` loads the data through a running server and returns figures for the marker (`load`, `counts` and, when
-    it knows them, `patients` and `observations`: server ids to sample; otherwise they are read from the database)."""
+    `fill()` loads the data through a running server, with the loader's process given to `watch`, and returns
+    figures for the marker (`load`, `counts` and, when it knows them, `patients` and `observations`: server ids to
+    sample; otherwise they are read from the database)."""
 
     def identity(self) -> dict: ...
 
-    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict: ...
+    def fill(self, base: str, uri: str, db_name: str, log: Path, watch: MemoryWatch) -> dict: ...
 
 
 @dataclass
@@ -102,7 +107,8 @@ class Generated:
     def identity(self) -> dict:
         return self.dataset.marker()  # the same key bench/search.py caches under: both share the loaded data
 
-    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict:
+    def fill(self, base: str, uri: str, db_name: str, log: Path, watch: MemoryWatch) -> dict:
+        watch.watch("loader", os.getpid())  # loaded by threads of this process
         figures, assigned = sb.load(base, self.dataset, self.bundle_size, self.threads)
         ds = self.dataset
         return {"load": figures, "counts": ds.counts(),
@@ -118,18 +124,33 @@ class Seeded:
     scale: str
     seed: int = 1
     today: str = "2026-12-01"
+    in_flight: int = 4  # transaction Bundles at once
 
     def identity(self) -> dict:
         return {"source": "seed", "scale": self.scale, "seed": self.seed, "today": self.today}
 
-    def fill(self, base: str, uri: str, db_name: str, log: Path) -> dict:
+    def fill(self, base: str, uri: str, db_name: str, log: Path, watch: MemoryWatch) -> dict:
         env = {**os.environ, "MONGODB_URI": uri, "FHIR_DB_NAME": db_name}
         argv = [sys.executable, "-m", "fhirserver.cli", "seed", "--scale", self.scale, "--seed", str(self.seed),
-                "--today", self.today, "--no-accounts", "--url", base]
+                "--today", self.today, "--no-accounts", "--url", base, "--workers", str(self.in_flight)]
+        out_path = log.with_name("seed-load.log")
         began = time.perf_counter()
-        with log.open("ab") as out:
-            subprocess.run(argv, env=env, check=True, stdout=out, stderr=subprocess.STDOUT)
-        return {"load": {"command": " ".join(argv[2:]), "seconds": round(time.perf_counter() - began, 1)}}
+        with out_path.open("wb") as out:
+            loader = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+            watch.watch("loader", loader.pid)
+            if loader.wait() != 0:
+                raise SystemExit(f"the seed load failed (exit {loader.returncode}); see {out_path}")
+        seconds = round(time.perf_counter() - began, 1)
+        said = out_path.read_text(errors="replace")
+        written = re.search(r"^(\d+) resources written, (\d+) already present.*= (\d+) resources/s", said, re.M)
+        return {"load": {
+            "command": "fhirserver " + " ".join(argv[3:]), "seconds": seconds,
+            "resources": int(written.group(1)) if written else None,
+            "resources_per_s": round(int(written.group(1)) / seconds, 1) if written else None,
+            # the loader is this process's only child waited for so far that could be big
+            "loader_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "summary": [line for line in said.splitlines() if line.startswith("  ") or "resources written" in line],
+        }}
 
 
 def data_source(spec: str) -> DataSource:
@@ -177,9 +198,16 @@ def fill(source: DataSource, database: sb.Database, marker: dict, workers: int) 
     print(f"loading {marker['dataset']} into {database.state} ...", file=sys.stderr, flush=True)
     log = database.state / "server-load.log"
     server, base = sb.start_server(database.ferret.uri, workers, log)
+    watch = MemoryWatch()
+    watch.watch("server", server.pid)
+    watch.start()
     try:
-        marker.update(source.fill(base, database.ferret.uri, sb.DB_NAME, log))
+        marker.update(source.fill(base, database.ferret.uri, sb.DB_NAME, log, watch))
+        watch.sample()
+        memory = {"server_peak_rss_mb_sum_of_processes": peak_rss_mb(children(server.pid)), **watch.stop()}
+        marker["load"]["memory"] = memory
     finally:
+        watch.stop()
         server.terminate()
         server.wait(30)
     if database.pg is not None:

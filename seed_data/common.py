@@ -32,7 +32,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "small": Scale("small", members=20, sites=3, practitioners=8, visits=2, slot_practitioners=3),
     "medium": Scale("medium", members=1000, sites=8, practitioners=60, visits=6, slot_practitioners=40),
-    "large": Scale("large", members=10000, sites=20, practitioners=200, visits=8, slot_practitioners=150),
+    "large": Scale("large", members=10000, sites=20, practitioners=200, visits=7, slot_practitioners=150),
 }
 
 

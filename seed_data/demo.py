@@ -26,8 +26,9 @@ def progress_load(groups, sink, estimate: int, label: str, batch_size: int = 250
     """`load` under a click progress bar showing the count, the percentage and the rate."""
     import time
 
-    started = time.perf_counter()
+    started = last = time.perf_counter()
     done = 0
+    plain = not sys.stderr.isatty()  # click draws no bar into a file: a line every 30 s instead
     with click.progressbar(length=max(estimate, 1), label=label, show_pos=True, show_percent=True,
                            item_show_func=lambda rate: rate, file=sys.stderr) as bar:
 
@@ -36,6 +37,11 @@ def progress_load(groups, sink, estimate: int, label: str, batch_size: int = 250
             done += n
             elapsed = time.perf_counter() - started
             bar.update(min(n, max(0, bar.length - bar.pos)), f"{done / elapsed:.0f} resources/s" if elapsed else "")
+            nonlocal last
+            if plain and time.perf_counter() - last >= 30:
+                last = time.perf_counter()
+                click.echo(f"{label}: {done} of about {estimate} resources in {elapsed:.0f} s, "
+                           f"{done / elapsed:.0f} resources/s", err=True)
 
         summary = load(groups, sink, batch_size=batch_size, workers=workers, progress=step,
                        conditional=conditional)
