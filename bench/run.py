@@ -1,17 +1,19 @@
 """The benchmark suite in one command: the server next to the database floor, side by side in one run.
 
-    .venv/bin/python -m bench.run [--backend postgresql|sqlite] [--quick] [--data datagen|tiny|seed:SCALE]
+    .venv/bin/python -m bench.run [--backend postgresql|sqlite] [--quick] [--data seed:large|datagen|tiny|seed:SCALE]
                                   [--threads 16] [--requests N] [--max-seconds S] [--only read,chart,ingest,...]
-                                  [--helpers] [--no-profile] [--no-gin] [--results DIR] [--state DIR] [--reload]
+                                  [--no-helpers] [--no-profile] [--no-gin] [--results DIR] [--state DIR] [--reload]
 
 1. Starts the database: FerretDB v1.24.2 (with `--test-enable-nested-pushdown`, unless `--ferretdb-default`) on
    PostgreSQL, or on SQLite, in `.local/bench/<backend>[-<data>]/` (or `--state`); on PostgreSQL with the GIN
    indexes the embedded database keeps beside FerretDB's (fhirserver/dbserver/pgindexes.py; `--no-gin` drops them).
 2. Loads the data once through the server and keeps it there with a marker naming it (`dataset.json`); the next run
    with the same data skips loading; patients and Observations to sample are taken from the load or the database. The
-   data source is pluggable (`--data`): `datagen` (bench/datagen.py, 1,000 patients and 200,000 Observations), `tiny`
-   (the same generator, 4 patients, for the smoke test), `seed:SCALE` (`fhirserver seed --scale SCALE` against the
-   benchmark's server).
+   data source is pluggable (`--data`): `seed:large` by default (`fhirserver seed --scale large` against the
+   benchmark's server: 10,000 members, about 1.17 million resources; its load time, rate and the memory of loader
+   and server are kept in the marker and the report), `seed:SCALE`, `datagen` (bench/datagen.py, 1,000 patients and
+   200,000 Observations) and `tiny` (the same generator, 4 patients, for the smoke test). Sample ids are spread
+   over the whole data set; the searches take their patient, code and years from sampled Observations.
 3. Starts the server under gunicorn (2 workers per core, 4 threads each) and drives it from this process on loopback
    with `--threads` clients, each workload bounded by a request count and a time limit per side. Next to every
    workload, the floor: the same reads and queries (filter, sort, limit, count and include fetch as the server
@@ -20,8 +22,10 @@
    `_include`, a patient's chart page (the ten requests a portal makes on login), and transaction ingest of the
    Synthea Bundles (a second server on a scratch database) next to `insert_many` of the very documents it stored.
    Server and floor take turns (`--rounds`), so that a change of the machine's load weighs on both alike.
-   `bench/scheduling.py` (`$find` + `$book` with contention) and `bench/auth.py` are linked by their last reports,
-   or run with `--helpers` (each writes its own report). `Patient/$everything` and Bulk export do not exist yet.
+   Then `bench/scheduling.py` (`$find` + `$book` with contention, each beside its floor, on its own database of
+   32,000 slots) and `bench/auth.py` (the cost of authorization) run, each writing its own report, which the
+   suite's report includes (`--no-helpers`: their last reports). `Patient/$everything` and Bulk export do not
+   exist yet.
 5. py-spy samples the server's workers during each workload (collapsed stacks under `<results>/profiles/`; the
    top functions of the samples taken inside a request in the report: wall time, so waiting for the database and for
    the GIL count too).
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -52,9 +57,9 @@ from bench import search as sb
 from bench.datagen import Dataset, patient_id
 from bench.harness import (
     RESULTS,
+    MemoryWatch,
     Profiler,
     as_dict,
-    MemoryWatch,
     children,
     machine,
     peak_rss_mb,
@@ -72,6 +77,7 @@ from bench.workloads import (
     floor_job,
     ingest_floor,
     ingest_server,
+    observation_samples,
     server_job,
     stored_documents,
     synthea_files,
@@ -111,7 +117,7 @@ class Generated:
         watch.watch("loader", os.getpid())  # loaded by threads of this process
         figures, assigned = sb.load(base, self.dataset, self.bundle_size, self.threads)
         ds = self.dataset
-        return {"load": figures, "counts": ds.counts(),
+        return {"load": figures, "counts": ds.counts(), "sampled": "given",
                 "patients": [assigned[f"Patient/{patient_id(p)}"].split("/")[1] for p in range(ds.patients)],
                 "observations": [assigned[f"Observation/{o}"].split("/")[1] for o in ds.sample_observations()]}
 
@@ -163,17 +169,25 @@ def data_source(spec: str) -> DataSource:
     raise SystemExit(f"--data: {spec!r} is not datagen, tiny or seed:SCALE")
 
 
-def sample_ids(uri: str, db_name: str, n: int = 1000) -> dict:
-    """Server ids of up to `n` Patients and Observations, read from the database (for sources that do not say)."""
+SAMPLING = "spread/1"  # how sample_ids picks; a cached marker picked otherwise is sampled again
+
+
+def sample_ids(uri: str, db_name: str, seed: int, n: int = 1000) -> dict:
+    """Server ids of `n` Patients and `n` Observations (version 1) spread over the whole data set, picked with a
+    fixed seed from every id in the database (for sources that do not say), and the resource counts."""
     client = MongoClient(uri)
     try:
         db = client[db_name]
         pick = {"del": False}
         counts = {name: db[name].count_documents(pick) for name in db.list_collection_names()
                   if name[:1].isupper()}
-        return {"patients": [d["_id"] for d in db.Patient.find(pick, {"_id": 1}).limit(n)],
-                "observations": [d["_id"] for d in db.Observation.find({**pick, "v": 1}, {"_id": 1}).limit(n)],
-                "counts": counts}
+
+        def spread(rtype: str, query: dict) -> list[str]:
+            ids = sorted(d["_id"] for d in db[rtype].find(query, {"_id": 1}))
+            return sorted(random.Random(f"{seed}/{rtype}").sample(ids, min(n, len(ids))))
+
+        return {"patients": spread("Patient", pick), "observations": spread("Observation", {**pick, "v": 1}),
+                "counts": counts, "sampled": SAMPLING}
     finally:
         client.close()
 
@@ -214,11 +228,17 @@ def fill(source: DataSource, database: sb.Database, marker: dict, workers: int) 
         started = time.perf_counter()
         sb.vacuum(database.pg)  # the GIN indexes follow in main() (gin_indexes), as for cached data
         marker["load"]["vacuum_seconds"] = round(time.perf_counter() - started, 1)
-    if "patients" not in marker or "observations" not in marker:
-        marker.update({k: v for k, v in sample_ids(database.ferret.uri, sb.DB_NAME).items()
-                       if k not in marker})
+    resample(database, marker)
     (database.state / sb.MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     print(f"  loaded: {marker['load']}", file=sys.stderr, flush=True)
+
+
+def resample(database: sb.Database, marker: dict) -> bool:
+    """Sample ids from the database when the source did not give them (or they were sampled otherwise)."""
+    if marker.get("sampled") in (SAMPLING, "given") and "patients" in marker and "observations" in marker:
+        return False
+    marker.update(sample_ids(database.ferret.uri, sb.DB_NAME, marker["dataset"].get("seed", 1)))
+    return True
 
 
 def gin_indexes(pg: sb.PostgreSQL, keep: bool) -> dict:
@@ -296,7 +316,8 @@ def measure_reads(run: Run, database: sb.Database, marker: dict, workloads: list
     mongo = MongoClient(database.ferret.uri, maxPoolSize=args.threads * 2)[sb.DB_NAME]
     client = sb.LongHTTP(base, args.request_timeout)
     max_ms = int(args.request_timeout * 1000)
-    ctx = Context(marker["patients"], marker["observations"], marker["dataset"].get("seed", 1), base, store)
+    ctx = Context(marker["patients"], marker["observations"], marker["dataset"].get("seed", 1), base, store,
+                  observation_samples(mongo, marker["observations"]))
     try:
         for w in workloads:
             jobs = w.jobs(ctx, args.requests + args.check)
@@ -421,6 +442,25 @@ def measure_ingest(run: Run, database: sb.Database) -> None:
           f"{floor_rate} resources/s; ratio {row['ratio']}", file=sys.stderr, flush=True)
 
 
+# 32,000 slots (200 practitioners x 8 weeks x 4 a day), 60 slots raced for by 4 clients each: about 3 minutes
+SCHEDULING_ARGS = ["--slots-per-day", "4", "--slots-booked", "60", "--max-seconds", "30"]
+
+
+def helper_section(h: dict, backend: str) -> list[str]:
+    """A helper's last report inside the suite's (its headings one level down; scheduling: this backend's part)."""
+    path = REPO / h.get("report", "")
+    if not h.get("report") or not path.is_file():
+        return []
+    lines, keep = [], h["benchmark"] != "scheduling"
+    for line in path.read_text().splitlines():
+        if line.startswith("# "):
+            keep = h["benchmark"] != "scheduling" or f"({backend};" in line
+            line = "#" + line
+        if keep:
+            lines.append(line)
+    return ["", *lines[:1], "", f"`bench/results/{path.name}`: {h['status']}.", *lines[1:]]
+
+
 def helper_benchmarks(run: Run, execute: bool) -> list[dict]:
     """bench/scheduling.py (`$find` + `$book` with contention) and bench/auth.py (the cost of authorization), when
     they exist: with `execute`, each runs as its own command (its own database and server, at most 480 s) and writes
@@ -435,11 +475,11 @@ def helper_benchmarks(run: Run, execute: bool) -> list[dict]:
             report = RESULTS / f"{name}.md"
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.stat().st_mtime)) if report.exists() \
                 else None
-            out.append({"benchmark": name, "status": f"last report {when}" if when else "no report yet (--helpers)",
+            out.append({"benchmark": name, "status": f"last report {when}" if when else "no report yet",
                         "report": f"bench/results/{name}.md" if when else ""})
             continue
         began = time.perf_counter()
-        argv = ["--backend", run.args.backend] if name == "scheduling" else []
+        argv = ["--backend", run.args.backend, *SCHEDULING_ARGS] if name == "scheduling" else []
         proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}", *argv], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -544,10 +584,8 @@ def markdown(report: dict) -> list[str]:
             ours = ", ".join(f"{f['function']} {f['percent']}%" for f in p["project_total"] if f["percent"] < 99)
             lines.append(f"- **{workload}** ({p['samples']} samples in requests, `{p['file']}`). Own time: {own}. "
                          f"Project functions, total time: {ours}.")
-    if report["helpers"]:
-        lines += ["", "Other benchmarks: " + "; ".join(
-            f"{h['benchmark']} {h['status']}" + (f" ({h['report']})" if h.get("report") else "")
-            for h in report["helpers"]) + "."]
+    for h in report["helpers"]:
+        lines += helper_section(h, report["backend"])
     lines += ["", f"Run time {report['seconds']} s. Command: `{report['command']}`."]
     return lines
 
@@ -555,7 +593,7 @@ def markdown(report: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
-    parser.add_argument("--data", default="datagen", help="datagen, tiny or seed:SCALE")
+    parser.add_argument("--data", default="seed:large", help="seed:large (default), seed:SCALE, datagen or tiny")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer requests, 8 s per side, one "
                         "Synthea patient's Bundle")
     parser.add_argument("--threads", type=int, help="client threads (16; quick 4)")
@@ -570,8 +608,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--ingest-threads", type=int, default=4, help="transaction Bundles in flight")
     parser.add_argument("--only", help="comma-separated workloads, of " + ",".join([w.name for w in READS] +
                                                                                      ["ingest"]))
-    parser.add_argument("--helpers", action="store_true", help="also run bench/scheduling.py and bench/auth.py "
-                        "(each writes its own report; without this flag their last reports are linked)")
+    parser.add_argument("--no-helpers", dest="helpers", action="store_false",
+                        help="do not run bench/scheduling.py ($find + $book with contention) and bench/auth.py "
+                        "(their last reports are shown instead)")
     parser.add_argument("--no-profile", action="store_true", help="do not attach py-spy")
     parser.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--ferretdb-default", action="store_true",
@@ -604,6 +643,8 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         if fresh:
             fill(source, database, marker, args.workers)
+        elif resample(database, marker):
+            (database.state / sb.MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         found = sb.versions(database)
         if py_spy():
             found["py-spy"] = subprocess.run([py_spy() or "", "--version"], capture_output=True,

@@ -8,6 +8,7 @@ the very documents the server stored with `insert_many`.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from bench.harness import HTTP, Measurement, run_concurrently
-from bench.search import WORKLOADS, Request, _locations, compile_search, floor_find, post_bundle
+from bench.search import Request, _locations, compile_search, floor_find, post_bundle
 from fhirserver.store.database import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +26,33 @@ SYNTHEA = REPO.parent / "shared" / "data" / "synthea-r4"
 SHARED = ("hospitalInformation1559319163815.json", "practitionerInformation1559319163815.json")
 
 Job = list[Request]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one sampled Observation says: whose it is, its first code and its year (searches that find something,
+    whatever data set is loaded)."""
+
+    patient: str
+    code: str  # system|code
+    year: int
+
+
+def observation_samples(db: Database, ids: list[str]) -> list[Sample]:
+    """The samples of these Observations (read by `_id`, one at a time: FerretDB scans for `$in`)."""
+    out = []
+    for rid in ids:
+        doc = db["Observation"].find_one({"_id": rid}, {"text": 1})
+        if not doc or not doc.get("text"):
+            continue
+        body = json.loads(doc["text"])
+        coding = next(iter(body.get("code", {}).get("coding") or []), {})
+        when = body.get("effectiveDateTime") or (body.get("effectivePeriod") or {}).get("start") or body.get("issued")
+        subject = (body.get("subject") or {}).get("reference", "")
+        if subject.startswith("Patient/") and coding.get("code") and when:
+            out.append(Sample(subject.split("/", 1)[1], f"{coding.get('system', '')}|{coding['code']}",
+                              int(when[:4])))
+    return out
 
 
 @dataclass
@@ -36,6 +64,7 @@ class Context:
     seed: int
     base: str
     store: Store
+    samples: list[Sample]  # of the sample Observations
 
 
 @dataclass
@@ -68,18 +97,24 @@ def vreads(ctx: Context, n: int) -> list[Job]:
 
 
 def observation_code(ctx: Context, n: int) -> list[Job]:
-    make = next(w for w in WORKLOADS if w.name == "obs-code").make
+    """A patient's Observations of one code, newest first: patient and code of a sampled Observation."""
     rng = _rng(ctx, "obs-code")
-    return [[compile_search("Observation", make(rng, rng.choice(ctx.patients)), ctx.base, ctx.store, True)]
-            for _ in range(n)]
+    out = []
+    for _ in range(n):
+        s = rng.choice(ctx.samples)
+        pairs = [("patient", f"Patient/{s.patient}"), ("code", s.code), ("_sort", "-date")]
+        out.append([compile_search("Observation", pairs, ctx.base, ctx.store, True)])
+    return out
 
 
 def encounter_window(ctx: Context, n: int) -> list[Job]:
+    """A patient's Encounters of two years with their practitioners: the years around a sampled Observation."""
     rng = _rng(ctx, "encounter-window")
     out = []
     for _ in range(n):
-        year = rng.randrange(2019, 2025)
-        pairs = [("patient", rng.choice(ctx.patients)), ("date", f"ge{year}-01-01"), ("date", f"lt{year + 2}-01-01"),
+        s = rng.choice(ctx.samples)
+        first = s.year - rng.randrange(2)
+        pairs = [("patient", s.patient), ("date", f"ge{first}-01-01"), ("date", f"lt{first + 2}-01-01"),
                  ("_include", "Encounter:practitioner")]
         out.append([compile_search("Encounter", pairs, ctx.base, ctx.store, True)])
     return out
