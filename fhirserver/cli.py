@@ -161,7 +161,7 @@ def db_status() -> None:
 @click.option("--type", "types", multiple=True, help="only these resource types (repeatable)")
 def db_reindex(types: tuple[str, ...]) -> None:
     """Recompute the search index of every stored resource (after definitions change)."""
-    from fhirserver.search.reindex import reindex
+    from fhirserver.interactions.reindex import reindex
     from fhirserver.store.database import Store
 
     settings = _settings()

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo import MongoClient
 
+from fhirserver.interactions.reindex import reindex
 from fhirserver.operations import find
 from fhirserver.resources.scheduling import SLOT_DAY, with_slot_day
 from fhirserver.search.extract import extract_index
-from fhirserver.search.reindex import reindex
 from fhirserver.store.database import Store
 from tests.servers import serve
 from tests.test_scheduling import World, iso, ref

@@ -1,4 +1,5 @@
-"""Re-indexing stored resources when the search definitions or the index format change."""
+"""Re-indexing stored resources when the search definitions or the index format change (an administrative
+interaction: it combines the search index with the resource rules, as the write path does)."""
 
 from __future__ import annotations
 
