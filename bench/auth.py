@@ -15,7 +15,6 @@ Writes bench/results/auth.json and auth.md.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import statistics
 import subprocess
@@ -36,28 +35,12 @@ from bench.harness import HTTP, Measurement, as_dict, machine, run_concurrently,
 DB_NAME = "benchauth"
 
 
-class BearerHTTP(HTTP):
+def bearer_client(base: str, token: str | None) -> HTTP:
     """harness.HTTP with an Authorization header on every request."""
-
-    def __init__(self, base: str, token: str | None) -> None:
-        super().__init__(base)
-        self.headers = {"Accept": "application/fhir+json"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        headers = {**self.headers, **({"Content-Type": "application/fhir+json"} if body is not None else {})}
-        try:
-            conn.request(method, self.prefix + path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        except (http.client.HTTPException, OSError):
-            self.local.conn = None
-            conn.close()
-            return 0, b""
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return HTTP(base, headers)
 
 
 @dataclass
@@ -131,7 +114,7 @@ def verify_cost(on: Server, db_uri: str, tokens: dict[str, str], calls: int) -> 
 
 def seed(off: Server, patients: int) -> tuple[str, list[str]]:
     """`patients` Patients with 5 Observations each; (the benchmarked patient, all patient ids)."""
-    client = BearerHTTP(off.base, None)
+    client = bearer_client(off.base, None)
     ids = []
     for _ in range(patients):
         status, body = client.request("POST", "/Patient", orjson.dumps(PATIENT))
@@ -166,9 +149,9 @@ def main() -> None:
             servers.append(on)
             patient, _ = seed(off, args.patients)
             system_token, patient_token = tokens(on, db.uri, patient)
-            system = BearerHTTP(on.base, system_token())
-            clients = {"off": BearerHTTP(off.base, None), "on, system token": system,
-                       "on, patient token": BearerHTTP(on.base, patient_token)}
+            system = bearer_client(on.base, system_token())
+            clients = {"off": bearer_client(off.base, None), "on, system token": system,
+                       "on, patient token": bearer_client(on.base, patient_token)}
             workloads = {"read GET /Patient/id": (f"/Patient/{patient}", args.requests),
                          "search GET /Observation?patient=id": (f"/Observation?patient={patient}",
                                                                 args.search_requests)}
@@ -185,7 +168,7 @@ def main() -> None:
                         if client is system:
                             system.headers["Authorization"] = f"Bearer {system_token()}"
 
-                        def work(n: int, client: BearerHTTP = client, path: str = path) -> bool:
+                        def work(n: int, client: HTTP = client, path: str = path) -> bool:
                             return client.request("GET", path)[0] == 200
                         run_concurrently("warm-up", work, max(20, total // 10), args.threads)
                         m = run_concurrently(f"{workload} [{mode}]", work, total, args.threads)

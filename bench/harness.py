@@ -87,16 +87,17 @@ def summarize(name: str, latencies: list[float], errors: int, seconds: float) ->
 class HTTP:
     """A keep-alive HTTP client per thread (http.client: far less overhead per call than requests)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base)
         self.host, self.port, self.prefix = parts.hostname, parts.port, parts.path
         self.local = threading.local()
+        self.headers = headers or {}  # sent with every request
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        headers = {"Content-Type": "application/fhir+json"} if body is not None else {}
+        headers = {**self.headers, **({"Content-Type": "application/fhir+json"} if body is not None else {})}
         try:
             conn.request(method, self.prefix + path, body=body, headers=headers)
             response = conn.getresponse()
