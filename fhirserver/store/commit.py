@@ -1,7 +1,8 @@
 """The commit protocol: all-or-nothing writes of one or many resource versions without database transactions.
 
 The only atomic primitive is the unique insert (DESIGN.md, "Atomicity"). A commit:
-1. inserts a commit record (`commits`, pending) naming every version it will write, with their documents;
+1. inserts a commit record (`commits`, pending) naming every version it will write, with their search index and
+   compartments (their text goes only into their history records, where recovery reads it);
 2. claims each version by inserting its history record `Type/id/version` (a duplicate means someone else owns it);
 3. for several versions, inserts its decision `committed` (`decisions`, unique per commit: recovery may insert
    `aborted` first, and then the owner backs off); for one version the claim itself is the decision;
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -79,12 +81,13 @@ class Version:
                 "text": self.text, "del": self.deleted, "m": self.method, "c": cid, "comp": self.comp}
 
     def entry(self) -> dict:
-        return {"t": self.type, "id": self.id, "v": self.version, "ts": self.ts, "text": self.text,
-                "m": self.method, "idx": self.idx, "comp": self.comp, "srt": self.srt}
+        """The version in its commit record, without its text (the history record holds that)."""
+        return {"t": self.type, "id": self.id, "v": self.version, "ts": self.ts, "m": self.method, "idx": self.idx,
+                "comp": self.comp, "srt": self.srt}
 
     @classmethod
-    def from_entry(cls, e: dict) -> Version:
-        return cls(e["t"], e["id"], e["v"], e["ts"], e["text"], e["m"], e.get("idx") or {}, e.get("comp") or [],
+    def from_entry(cls, e: dict, text: str | None) -> Version:
+        return cls(e["t"], e["id"], e["v"], e["ts"], text, e["m"], e.get("idx") or {}, e.get("comp") or [],
                    e.get("srt") or {})
 
 
@@ -146,7 +149,7 @@ def _insert_ignoring_duplicates(coll, docs: list[dict]) -> None:
 
 
 def _size(entries: list[dict]) -> int:
-    return sum(len(e["text"] or "") * 2 + 512 for e in entries)
+    return sum(len(orjson.dumps(e["idx"])) * 2 + 512 for e in entries)
 
 
 class Committer:
@@ -295,17 +298,31 @@ class Committer:
 
     # -- recovery --------------------------------------------------------------------------------------------
     def _versions(self, record: dict) -> list[Version]:
+        """The versions of a decided commit: its entries with their texts from their history records (all inserted
+        before the decision; records written before entries lost their text still carry it)."""
         if "entries" in record:
-            return [Version.from_entry(e) for e in record["entries"]]
-        parts = sorted(self.db[COMMIT_ENTRIES].find({"c": record["_id"]}), key=lambda d: d["n"])
-        if len(parts) != record.get("external"):
-            return []  # the record was written before all its entries: nothing can have been claimed
-        return [Version.from_entry(p["e"]) for p in parts]
+            entries = record["entries"]
+        else:
+            parts = sorted(self.db[COMMIT_ENTRIES].find({"c": record["_id"]}), key=lambda d: d["n"])
+            if len(parts) != record.get("external"):
+                return []  # the record was written before all its entries: nothing can have been claimed
+            entries = [p["e"] for p in parts]
+        out = []
+        for e in entries:
+            if "text" in e:
+                out.append(Version.from_entry(e, e["text"]))
+                continue
+            key = f"{e['t']}/{e['id']}/{e['v']}"
+            found = self.db[HISTORY].find_one({"_id": key}, {"text": 1})
+            if found is None:
+                log.error("a decided commit lacks a history record", extra={"commit": record["_id"], "key": key})
+                continue
+            out.append(Version.from_entry(e, found.get("text")))
+        return out
 
     def recover_one(self, record: dict) -> str:
         """Finish or undo one commit; return 'rolled-forward', 'rolled-back' or 'finished' (by its owner)."""
         cid = record["_id"]
-        versions = self._versions(record)
         if record.get("solo"):
             claim = self.db[HISTORY].find_one({"_id": record["keys"][0]}, {"c": 1})
             outcome = "committed" if claim and claim.get("c") == cid else "aborted"
@@ -316,6 +333,7 @@ class Committer:
                 # nothing to undo, and undoing would delete a finished commit's history records and claims.
                 self.db[DECISIONS].delete_one({"_id": cid})
                 return "finished"
+        versions = self._versions(record) if outcome == "committed" else []
         if outcome == "committed" and (versions or not record["keys"]):
             self._release(record.get("releases") or [])
             self._apply(versions)
