@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,6 +30,7 @@ from functools import cache
 from typing import Any
 
 from fhirserver.errors import BadRequest, Unprocessable
+from fhirserver.resources.validation import unwrap_annotation
 
 __all__ = ["apply_fhirpath_patch", "apply_json_patch"]
 
@@ -288,20 +288,9 @@ def _fields(cls: type) -> dict[str, tuple[bool, type | None, str | None]]:
 
 def _unwrap(annotation: Any) -> tuple[bool, type | None]:
     """(is a list, model class of the items or None for primitives) from a pydantic annotation."""
-    repeating, current = False, annotation
-    while True:
-        origin = typing.get_origin(current)
-        if origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(current) if a is not type(None)]
-            if len(args) != 1:
-                return repeating, None
-            current = args[0]
-        elif origin is list:
-            repeating, current = True, typing.get_args(current)[0]
-        elif origin is typing.Annotated:
-            current = typing.get_args(current)[0]
-        else:
-            break
+    current, repeating = unwrap_annotation(annotation)
+    if typing.get_origin(current) is typing.Annotated:  # a primitive with its FHIR type marker
+        current = typing.get_args(current)[0]
     name = getattr(current, "__name__", "")
     if getattr(current, "__module__", "") == "abc" and name.endswith("Type"):
         return repeating, _model(name[:-4])

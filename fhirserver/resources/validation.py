@@ -119,7 +119,7 @@ class _ModelInfo:
     is_root: bool  # a resource or complex datatype: binding paths start at its name
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
+def unwrap_annotation(annotation: Any) -> tuple[Any, bool]:
     """Strip ``Optional``/``| None`` and ``List`` from an annotation: (inner type, is a list)."""
     is_list = False
     while True:
@@ -173,7 +173,7 @@ def _info(model: type[FHIRAbstractModel]) -> _ModelInfo:
     for attr, finfo in model.model_fields.items():
         if attr == "fhir_comments":  # a DSTU2 leftover: not part of R4 JSON
             continue
-        inner, is_list = _unwrap(finfo.annotation)
+        inner, is_list = unwrap_annotation(finfo.annotation)
         found = _classify(inner, list(finfo.metadata))
         if found is None:
             continue
