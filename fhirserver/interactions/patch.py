@@ -73,6 +73,17 @@ _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
 _BAD_ESCAPE = re.compile(r"~(?![01])")
 
 
+def _pointer_member(raw: dict, member: str, prefix: str) -> tuple[str, list[str]]:
+    """A JSON Patch operation's `path` or `from`: the pointer and its tokens (400 when missing or malformed)."""
+    pointer = raw.get(member)
+    if not isinstance(pointer, str):
+        raise BadRequest(f"{prefix}: '{member}' is missing or not a string")
+    try:
+        return pointer, _parse_pointer(pointer)
+    except ValueError as exc:
+        raise BadRequest(f"{prefix}: {exc}") from None
+
+
 def _parse_pointer(pointer: str) -> list[str]:
     """Reference tokens of a JSON Pointer (RFC 6901); raises ValueError on bad syntax."""
     if pointer == "":
@@ -119,24 +130,12 @@ def _parse_json_patch(operations: object) -> list[_JsonOp]:
             raise BadRequest(f"JSON Patch operation {position}: 'op' is {shown}; expected one of "
                              + ", ".join(_JSON_OPS))
         prefix = f"JSON Patch operation {position} ('{op}')"
-        path = raw.get("path")
-        if not isinstance(path, str):
-            raise BadRequest(f"{prefix}: 'path' is missing or not a string")
-        try:
-            tokens = _parse_pointer(path)
-        except ValueError as exc:
-            raise BadRequest(f"{prefix}: {exc}") from None
+        path, tokens = _pointer_member(raw, "path", prefix)
         source, source_tokens = "", []
         if op in ("add", "replace", "test") and "value" not in raw:
             raise BadRequest(f"{prefix}: 'value' is missing")
         if op in ("move", "copy"):
-            source = raw.get("from")
-            if not isinstance(source, str):
-                raise BadRequest(f"{prefix}: 'from' is missing or not a string")
-            try:
-                source_tokens = _parse_pointer(source)
-            except ValueError as exc:
-                raise BadRequest(f"{prefix}: {exc}") from None
+            source, source_tokens = _pointer_member(raw, "from", prefix)
             if op == "move" and len(tokens) > len(source_tokens) and tokens[:len(source_tokens)] == source_tokens:
                 raise BadRequest(f"{prefix}: cannot move '{source}' into its own child '{path}'")
         parsed.append(_JsonOp(position, op, path, tokens, raw.get("value"), source, source_tokens))
