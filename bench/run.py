@@ -139,7 +139,7 @@ class Seeded:
         env = {**os.environ, "MONGODB_URI": uri, "FHIR_DB_NAME": db_name}
         argv = [sys.executable, "-m", "fhirserver.cli", "seed", "--scale", self.scale, "--seed", str(self.seed),
                 "--today", self.today, "--no-accounts", "--url", base, "--workers", str(self.in_flight)]
-        out_path = log.with_name("seed-load.log")
+        out_path = log.with_name(log.name.replace("server", "seed", 1))
         began = time.perf_counter()
         with out_path.open("wb") as out:
             loader = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -150,7 +150,7 @@ class Seeded:
         said = out_path.read_text(errors="replace")
         written = re.search(r"^(\d+) resources written, (\d+) already present.*= (\d+) resources/s", said, re.M)
         return {"load": {
-            "command": "fhirserver " + " ".join(argv[3:]), "seconds": seconds,
+            "command": "fhirserver " + " ".join(argv[3:]).replace(base, "<server>"), "seconds": seconds,
             "resources": int(written.group(1)) if written else None,
             "resources_per_s": round(int(written.group(1)) / seconds, 1) if written else None,
             # the loader is this process's only child waited for so far that could be big
@@ -207,23 +207,29 @@ def prepare(source: DataSource, backend: str, state: Path, reload: bool, nested:
     return sb.start_database(state, backend, nested=nested), marker if cached else wanted, not cached
 
 
-def fill(source: DataSource, database: sb.Database, marker: dict, workers: int) -> None:
-    """Load through the server, vacuum (PostgreSQL), and write the marker last (an interrupted load is redone)."""
-    print(f"loading {marker['dataset']} into {database.state} ...", file=sys.stderr, flush=True)
-    log = database.state / "server-load.log"
+def load_through_server(source: DataSource, database: sb.Database, workers: int, log: Path) -> dict:
+    """`source.fill` through a server of its own, the memory of loader and server sampled all along; its figures
+    (`load` with `memory`)."""
     server, base = sb.start_server(database.ferret.uri, workers, log)
     watch = MemoryWatch()
     watch.watch("server", server.pid)
     watch.start()
     try:
-        marker.update(source.fill(base, database.ferret.uri, sb.DB_NAME, log, watch))
+        figures = source.fill(base, database.ferret.uri, sb.DB_NAME, log, watch)
         watch.sample()
         memory = {"server_peak_rss_mb_sum_of_processes": peak_rss_mb(children(server.pid)), **watch.stop()}
-        marker["load"]["memory"] = memory
+        figures["load"]["memory"] = memory
+        return figures
     finally:
         watch.stop()
         server.terminate()
         server.wait(30)
+
+
+def fill(source: DataSource, database: sb.Database, marker: dict, workers: int) -> None:
+    """Load through the server, vacuum (PostgreSQL), and write the marker last (an interrupted load is redone)."""
+    print(f"loading {marker['dataset']} into {database.state} ...", file=sys.stderr, flush=True)
+    marker.update(load_through_server(source, database, workers, database.state / "server-load.log"))
     if database.pg is not None:
         started = time.perf_counter()
         sb.vacuum(database.pg)  # the GIN indexes follow in main() (gin_indexes), as for cached data
@@ -535,6 +541,25 @@ def summary(report: dict) -> list[str]:
     return lines
 
 
+def load_lines(data: dict) -> list[str]:
+    """The seed load's figures (time, rate, memory of loader and server) and those of a load over it, if any."""
+    out = []
+    for key, what in (("load", "Load"), ("load_again", "The same load again over the loaded data")):
+        load = data.get(key) or {}
+        if load.get("resources") is None:
+            continue
+        memory = load.get("memory") or {}
+        series = {k: [x[k] for x in memory.get("samples", []) if x.get(k)] for k in ("loader_rss_mb", "server_rss_mb")}
+        flat = "; ".join(f"{k.split('_')[0]} {min(v)}-{max(v)} MB over {len(v)} samples"
+                         for k, v in series.items() if v)
+        said = (load.get("summary") or [""])[0]
+        out.append(f"{what}: `{load['command']}`: {said or str(load['resources']) + ' resources'}; "
+                   f"{load['seconds']} s with start-up = {load['resources_per_s']} resources/s. Peak RSS: loader "
+                   f"{load.get('loader_peak_rss_mb')} MB, server {memory.get('server_peak_rss_mb_sum_of_processes')} MB"
+                   f" (sum of its processes' peaks); resident memory sampled every 30 s: {flat}.")
+    return out
+
+
 def markdown(report: dict) -> list[str]:
     s, mach, data = report["settings"], report["machine"], report["data"]
     counts = data.get("counts") or {}
@@ -547,7 +572,8 @@ def markdown(report: dict) -> list[str]:
              f"at most {s['requests']} jobs and "
              f"{s['max_seconds']} s per side; authorization off; floor = pymongo in the driver process, same database.",
              f"Data ({data['source']}): " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "."
-             + (" Loaded this run." if report["loaded_this_run"] else " Cached from an earlier run."), "",
+             + (" Loaded this run." if report["loaded_this_run"] else " Cached from an earlier run."),
+             *load_lines(data), "",
              *summary(report), "", "## Every figure", "",
              "| workload | side | jobs | errors | jobs/s | p50 ms | p95 ms | p99 ms | p99/p50 | server/floor | "
              "server RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -623,6 +649,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results", type=Path, default=RESULTS, help="report folder (default bench/results)")
     parser.add_argument("--tag", default="", help="suffix of the report's name")
     parser.add_argument("--reload", action="store_true", help="wipe the cached database and load again")
+    parser.add_argument("--load-again", action="store_true", help="seed data: run the loader once more over the "
+                        "loaded data and report what it wrote (nothing, when loading is idempotent)")
     args = parser.parse_args(argv)
     args.threads = args.threads or (4 if args.quick else 16)
     args.requests = args.requests or (100 if args.quick else 2000)
@@ -633,6 +661,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     only = set(args.only.split(",")) if args.only else None
     source = data_source(args.data)
+    if args.load_again and not isinstance(source, Seeded):
+        raise SystemExit("--load-again: only the seed data is loaded idempotently")
     # one folder per data source, so that switching sources never wipes another's cached load
     folder = args.backend if args.data == "datagen" else f"{args.backend}-{args.data.replace(':', '-')}"
     state = (args.state or REPO / ".local" / "bench" / folder).resolve()
@@ -645,6 +675,12 @@ def main(argv: list[str] | None = None) -> Path:
             fill(source, database, marker, args.workers)
         elif resample(database, marker):
             (database.state / sb.MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        if args.load_again:  # the loader is idempotent: a second load over the loaded data writes nothing
+            print("loading the same data again ...", file=sys.stderr, flush=True)
+            marker["load_again"] = load_through_server(source, database, args.workers,
+                                                       database.state / "server-load-again.log")["load"]
+            (database.state / sb.MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+            print(f"  again: {marker['load_again']}", file=sys.stderr, flush=True)
         found = sb.versions(database)
         if py_spy():
             found["py-spy"] = subprocess.run([py_spy() or "", "--version"], capture_output=True,
@@ -671,7 +707,7 @@ def main(argv: list[str] | None = None) -> Path:
                      "pg_gin": args.backend == "postgresql" and not args.no_gin,
                      "profile_rate": None if args.no_profile else args.profile_rate},
         "data": {"source": args.data, "identity": marker["dataset"], "counts": marker.get("counts"),
-                 "load": marker.get("load")},
+                 "load": marker.get("load"), "load_again": marker.get("load_again")},
         "loaded_this_run": fresh, "rows": run.rows, "targets": targets(run.rows), "rss_mb": rss,
         "profiles": run.profiles, "helpers": helpers, "seconds": round(time.perf_counter() - began, 1),
     }
