@@ -100,7 +100,8 @@ def search(store: Store, base: str, rtype: str, query: str | list[tuple[str, str
     def fetch(cursor: str | None, limit: int) -> tuple[list[Stored], str | None]:
         """One page in `_sort` order after `cursor` (keyset), and the cursor of its last entry."""
         page_filter = all_of(query_filter, keyset_filter(keys, cursor)) if cursor else query_filter
-        found = store.reader.find(rtype, page_filter, limit + 1, mongo_sort(keys))
+        found = store.reader.find(rtype, page_filter, limit + 1, mongo_sort(keys),
+                                  plan.forward_codes(rtype) if plan else ())
         if len(found) <= limit or not limit:
             return found[:limit], None
         last = found[limit - 1]

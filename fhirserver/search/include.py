@@ -106,6 +106,11 @@ class IncludePlan:
         """All directives, includes first."""
         return self.includes + self.revincludes
 
+    def forward_codes(self, rtype: str) -> tuple[str, ...]:
+        """The reference codes the first round of ``_include`` reads from matches of ``rtype`` (read along with
+        them by the search, so that the includes need no second read)."""
+        return tuple(sorted({c for d in self.includes if d.source in (rtype, None) for c in d.codes_for(rtype)}))
+
     def self_link_params(self) -> list[tuple[str, str]]:
         """Canonical ``(name, value)`` pairs for the Bundle's self link (``:recurse`` written as ``:iterate``)."""
         return [(d.name, d.value) for d in self.directives]
@@ -236,16 +241,26 @@ def _by_type(resources: Iterable[Stored]) -> dict[str, list[str]]:
     return {t: sorted(ids) for t, ids in sorted(out.items())}
 
 
-def _forward(col: _Collector, directives: list[Include], frontier: dict[str, list[str]]) -> list[Stored]:
-    """Apply ``_include`` directives to the frontier: read its reference fields, fetch the targets by ``_id``."""
+def _reference_fields(col: _Collector, stype: str, frontier: list[Stored], codes: set[str]) -> list[dict]:
+    """The index fields `codes` of the frontier's resources of `stype`: those read along with them, the others read
+    by ``_id``."""
+    known = [s.idx for s in frontier if s.type == stype and s.idx is not None and codes <= s.idx.keys()]
+    unread = sorted({s.id for s in frontier if s.type == stype and (s.idx is None or not codes <= s.idx.keys())})
+    if unread:
+        projection = {f"idx.{code}": 1 for code in sorted(codes)}
+        known += [doc.get("idx") or {} for doc in
+                  col.reader.find_raw(stype, {"_id": {"$in": unread}, "del": False}, projection)]
+    return known
+
+
+def _forward(col: _Collector, directives: list[Include], frontier: list[Stored]) -> list[Stored]:
+    """Apply ``_include`` directives to the frontier: its reference fields, then the targets by ``_id``."""
     wanted: dict[str, set[str]] = defaultdict(set)  # target type -> ids
-    for stype, ids in frontier.items():
+    for stype in sorted({s.type for s in frontier}):
         follow = [(code, d.target) for d in directives if d.source in (stype, None) for code in d.codes_for(stype)]
         if not follow:
             continue
-        projection = {f"idx.{code}": 1 for code in sorted({code for code, _ in follow})}
-        for doc in col.reader.find_raw(stype, {"_id": {"$in": ids}, "del": False}, projection):
-            idx = doc.get("idx") or {}
+        for idx in _reference_fields(col, stype, frontier, {code for code, _ in follow}):
             for code, target in follow:
                 for ref in idx.get(code, ()):
                     m = _LOCAL_REFERENCE.fullmatch(ref) if isinstance(ref, str) else None
@@ -300,6 +315,6 @@ def resolve_includes(store: Store, plan: IncludePlan, matches: list[Stored], max
         if not directives or not frontier or col.room <= 0:
             break
         by_type = _by_type(frontier)
-        frontier = _forward(col, [d for d in directives if not d.reverse], by_type)
-        frontier += _reverse(col, [d for d in directives if d.reverse], by_type)
+        added = _forward(col, [d for d in directives if not d.reverse], frontier)
+        frontier = added + _reverse(col, [d for d in directives if d.reverse], by_type)
     return sorted(col.added, key=lambda s: (s.type, s.id))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pymongo.database import Database
@@ -22,15 +22,18 @@ class Stored:
     ts: datetime
     text: str | None
     method: str = ""
+    # the search index fields read along with it, when asked for (every asked code present)
+    idx: dict | None = field(default=None, compare=False, hash=False)
 
     @property
     def deleted(self) -> bool:
         return self.text is None
 
 
-def _stored(rtype: str, doc: dict) -> Stored:
+def _stored(rtype: str, doc: dict, index: tuple[str, ...] = ()) -> Stored:
+    idx = {code: (doc.get("idx") or {}).get(code, []) for code in index} if index else None
     return Stored(rtype, doc["_id"] if "rid" not in doc else doc["rid"], doc["v"], doc["ts"], doc.get("text"),
-                  doc.get("m", ""))
+                  doc.get("m", ""), idx)
 
 
 def _history_query(rtype: str | None, rid: str | None, since: datetime | None, at: datetime | None) -> dict:
@@ -98,13 +101,16 @@ class ResourceReader:
         visible = [d for d in docs if d.get("c") not in pending][:limit]
         return [_stored(d["t"], d) for d in visible]
 
-    def find(self, rtype: str, query: dict, limit: int, sort: list[tuple[str, int]] | None = None) -> list[Stored]:
-        """Current documents matching a compiled search filter, in `sort` order (default `_id`)."""
-        projection = {"idx": 0, "comp": 0, "srt": 0}
+    def find(self, rtype: str, query: dict, limit: int, sort: list[tuple[str, int]] | None = None,
+             index: tuple[str, ...] = ()) -> list[Stored]:
+        """Current documents matching a compiled search filter, in `sort` order (default `_id`), with the search
+        index fields `index` read along (for `_include`: no second read of the matches)."""
+        projection: dict = {"v": 1, "ts": 1, "text": 1, "del": 1, **{f"idx.{c}": 1 for c in index}} if index else \
+            {"idx": 0, "comp": 0, "srt": 0}
         if sort is None and (ids := _id_list(query)) is not None:
-            return [_stored(rtype, d) for d in self._by_ids(rtype, ids, projection, query)[:limit]]
+            return [_stored(rtype, d, index) for d in self._by_ids(rtype, ids, projection, query)[:limit]]
         docs = self.db[rtype].find(query, projection).sort(sort or [("_id", 1)]).limit(limit)
-        return [_stored(rtype, d) for d in docs]
+        return [_stored(rtype, d, index) for d in docs]
 
     def _by_ids(self, rtype: str, ids: list[str], projection: dict, query: dict) -> list[dict]:
         """`{_id: {$in: ids}[, del: false]}` as one `_id` lookup per id, in `_id` order: FerretDB pushes `_id`
