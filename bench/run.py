@@ -625,7 +625,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer requests, 8 s per side, one "
                         "Synthea patient's Bundle")
     parser.add_argument("--threads", type=int, help="client threads (16; quick 4)")
-    parser.add_argument("--requests", type=int, help="timed jobs per workload and side (2000; quick 100)")
+    parser.add_argument("--requests", type=int,
+                        help="timed jobs per workload and side (5000: about 50 above the p99; quick 100)")
     parser.add_argument("--max-seconds", type=float, help="no job starts after this many seconds of a side (40; "
                         "quick 8); ingest gets 4 times as long")
     parser.add_argument("--rounds", type=int, default=2, help="turns each side takes per workload, alternating")
@@ -655,7 +656,7 @@ def main(argv: list[str] | None = None) -> Path:
                         "loaded data and report what it wrote (nothing, when loading is idempotent)")
     args = parser.parse_args(argv)
     args.threads = args.threads or (4 if args.quick else 16)
-    args.requests = args.requests or (100 if args.quick else 2000)
+    args.requests = args.requests or (100 if args.quick else 5000)
     args.max_seconds = args.max_seconds or (8.0 if args.quick else 40.0)
     args.workers = args.workers or 2 * (os.cpu_count() or 1)
     os.environ["FHIR_AUTH"] = "off"  # the server under test answers without tokens: the workloads alone
