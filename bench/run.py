@@ -548,7 +548,7 @@ def load_lines(data: dict) -> list[str]:
     out = []
     for key, what in (("load", "Load"), ("load_again", "The same load again over the loaded data")):
         load = data.get(key) or {}
-        if load.get("resources") is None:
+        if load.get("resources") is None or "command" not in load:  # datagen's loads are described in their row
             continue
         memory = load.get("memory") or {}
         series = {k: [x[k] for x in memory.get("samples", []) if x.get(k)] for k in ("loader_rss_mb", "server_rss_mb")}
