@@ -147,6 +147,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: list[int], waited_children: bool = False) -> float:
+    """User + system CPU time consumed so far by these processes (and by their children they waited for)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(x) for x in fields[11:15 if waited_children else 13])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pids: list[int]) -> float:
     """The sum of these processes' own peaks (VmHWM), in MB: an upper bound of their peak together."""
     total = 0

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench.harness import children, cpu_seconds
 from fhirserver import fhirjson
 from fhirserver.dbserver import FerretDB, build_ferretdb
 from fhirserver.interactions import transaction as tx
@@ -56,34 +57,6 @@ def one_round(bodies: list[bytes]) -> tuple[dict[str, float], int]:
     return spent, count
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user + system CPU seconds of the processes (and their waited-for children)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants."""
-    out = [pid]
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if parent == pid:
-                out += tree(int(p))
-    return out
-
-
 def server_rounds(bodies: list[bytes], rounds: int, workers: int) -> None:
     from bench.crud import free_port
     from bench.search import post_bundle, start_server
@@ -96,16 +69,16 @@ def server_rounds(bodies: list[bytes], rounds: int, workers: int) -> None:
     try:
         server, base = start_server(ferret.uri, workers, state / "server.log", db_name="probe", threads=4)
         try:
-            pids, fpid = tree(server.pid), ferret.pid() or 0
+            pids, fpid = children(server.pid), ferret.pid() or 0
             for n in range(rounds):
-                s0, f0, t0 = cpu_seconds(pids), cpu_seconds([fpid]), time.perf_counter()
+                s0, f0, t0 = cpu_seconds(pids, True), cpu_seconds([fpid], True), time.perf_counter()
                 resources = 0
                 for body in bodies:
                     status, answer = post_bundle(base, body)
                     assert status == 200, answer[:500]
                     resources += answer.count(b'"status":"201')
                 wall = time.perf_counter() - t0
-                s1, f1 = cpu_seconds(pids), cpu_seconds([fpid])
+                s1, f1 = cpu_seconds(pids, True), cpu_seconds([fpid], True)
                 print(f"round {n} ({'cold' if n == 0 else 'warm'}, {workers} worker(s)): {resources} resources in "
                       f"{wall:.1f} s ({resources / wall:.0f}/s); CPU ms/resource: server "
                       f"{1000 * (s1 - s0) / resources:.2f}, ferretdb {1000 * (f1 - f0) / resources:.2f}", flush=True)

@@ -51,7 +51,17 @@ from pymongo.errors import PyMongoError
 
 from bench.crud import free_port
 from bench.datagen import LABS, Dataset, logical, patient_id, transaction
-from bench.harness import HTTP, RESULTS, as_dict, children, machine, rss_mb, run_concurrently, write_report
+from bench.harness import (
+    HTTP,
+    RESULTS,
+    as_dict,
+    children,
+    cpu_seconds,
+    machine,
+    rss_mb,
+    run_concurrently,
+    write_report,
+)
 from fhirserver.dbserver import FERRETDB_VERSION, FerretDB, PostgreSQL, build_ferretdb
 from fhirserver.dbserver.postgres import ensure_installed
 from fhirserver.interactions.search import Paging, search
@@ -485,19 +495,6 @@ def check(client: HTTP, db, reqs: list[Request], max_ms: int, flat: bool) -> tup
     return {"compared": compared, "identical": (not mismatches) if compared else None,
             "matches_seen": sum(len(x[0]) for x in seen if x), "included_seen": sum(len(x[1]) for x in seen if x),
             "mismatches": mismatches[:3], "failed": failed[:3]}, seen
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time consumed so far by these processes."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def settle(database: Database, base: str) -> bool:

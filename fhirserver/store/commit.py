@@ -149,7 +149,7 @@ def _insert_ignoring_duplicates(coll, docs: list[dict]) -> None:
 
 
 def _size(entries: list[dict]) -> int:
-    return sum(len(orjson.dumps(e["idx"])) * 2 + 512 for e in entries)
+    return sum(len(orjson.dumps(e["idx"], default=str)) * 2 + 512 for e in entries)
 
 
 class Committer:
